@@ -1,0 +1,169 @@
+"""BH2: read the HITS log after the watermark, fold, apply, repeat.
+
+Each partition is owned under an epoch taken at start. Hits read since the last
+apply are pending; a batch closes when `window` seconds have passed since the
+last flush or `max_batch` hits are pending, whichever comes first. A lagging
+aggregator therefore catches up with back-to-back full batches. The watermark
+only moves inside `StatsStore.apply`, so a crash anywhere redoes the hits after
+it and ends with exact counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rlinks.batch import Batch, fold
+from rlinks.crash import CrashPoints
+from rlinks.errors import WatermarkMismatchError
+from rlinks.log.base import HitLog, LogSlice
+from rlinks.settings import Settings
+from rlinks.status import read_status
+from rlinks.store.base import StatsStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Counters:
+    """What the aggregator has done since it started, and how far behind it is."""
+
+    hits_read: int = 0
+    batches: int = 0
+    kv_writes: int = 0
+    lag_hits: int = 0
+    lag_s: float = 0.0
+
+
+@dataclass
+class _Partition:
+    """One owned partition: its epoch, watermark and the hits read past it."""
+
+    partition: int
+    epoch: int
+    watermark: int
+    read_to: int
+    pending: list[LogSlice] = field(default_factory=list)
+
+    @property
+    def pending_hits(self) -> int:
+        return self.read_to - self.watermark
+
+    def take_batch(self) -> Batch:
+        codes = np.concatenate([s.code_ids for s in self.pending])
+        ts = np.concatenate([s.ts_ms for s in self.pending])
+        names = self.pending[-1].names  # the newest view of the code table covers all ids
+        return Batch(
+            partition=self.partition,
+            epoch=self.epoch,
+            start=self.watermark,
+            end=self.read_to,
+            deltas=fold(codes, ts, names),
+            max_ts_ms=int(ts.max()),
+            hits=int(ts.size),
+        )
+
+
+class Aggregator:
+    def __init__(
+        self,
+        log: HitLog,
+        store: StatsStore,
+        settings: Settings,
+        *,
+        on_flush: Callable[[Batch, Counters], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = log
+        self._store = store
+        self._settings = settings
+        self._crash = CrashPoints(settings.crash_at)
+        self._on_flush = on_flush
+        self._clock = clock
+        self._stop = threading.Event()
+        self._owned: list[_Partition] = []
+        self.counters = Counters()
+
+    def start(self) -> None:
+        """Take every partition of the log under a new epoch."""
+        self._owned = []
+        for p in range(self._log.partitions):
+            epoch = self._store.acquire(p)
+            w = self._store.watermark(p).offset
+            self._owned.append(_Partition(p, epoch, w, w))
+            log.info("partition %d: epoch %d, watermark %d", p, epoch, w)
+        self.refresh_lag()
+
+    def stop(self) -> None:
+        """Ask `run` to flush what it holds and return (safe from a signal handler)."""
+        self._stop.set()
+
+    def run(self, *, once: bool = False) -> Counters:
+        """Aggregate until stopped; with `once`, until the log is drained."""
+        if not self._owned:
+            self.start()
+        last_flush = self._clock()
+        while not self._stop.is_set():
+            progressed = self._read_all()
+            if once and not progressed:
+                break
+            if self._clock() - last_flush >= self._settings.window_s:
+                self.flush()
+                last_flush = self._clock()
+            if not progressed:
+                self._stop.wait(self._settings.poll_s)
+        self.flush()
+        return self.counters
+
+    def _read_all(self) -> bool:
+        """Read each partition up to max_batch pending; flush full ones."""
+        progressed = False
+        for part in self._owned:
+            room = self._settings.max_batch - part.pending_hits
+            if room > 0:
+                piece = self._log.read(part.partition, part.read_to, room)
+                self._crash.reach("after_read")
+                if len(piece):
+                    part.pending.append(piece)
+                    part.read_to = piece.end
+                    self.counters.hits_read += len(piece)
+                    progressed = True
+            if part.pending_hits >= self._settings.max_batch:
+                self._flush_partition(part)
+        return progressed
+
+    def flush(self) -> None:
+        """Apply every partition's pending hits."""
+        for part in self._owned:
+            if part.pending:
+                self._flush_partition(part)
+        self.refresh_lag()
+
+    def _flush_partition(self, part: _Partition) -> None:
+        batch = part.take_batch()
+        self._crash.reach("after_fold")
+        try:
+            self._store.apply(batch, before_commit=lambda: self._crash.reach("before_commit"))
+        except WatermarkMismatchError as e:
+            # Someone else moved the watermark under our epoch: never guess, re-read.
+            log.warning("%s", e)
+            part.watermark = part.read_to = self._store.watermark(part.partition).offset
+            part.pending.clear()
+            return
+        self._crash.reach("after_commit")
+        part.watermark = batch.end
+        part.pending.clear()
+        self.counters.batches += 1
+        self.counters.kv_writes += batch.codes
+        if self._on_flush is not None:
+            self._on_flush(batch, self.counters)
+
+    def refresh_lag(self) -> None:
+        parts = read_status(self._log, self._store)
+        self.counters.lag_hits = sum(p.lag_hits for p in parts)
+        self.counters.lag_s = max((p.lag_s for p in parts), default=0.0)

@@ -1,0 +1,444 @@
+"""`rlinks-bh2`: the BH2 aggregation job and its tools."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import click
+from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from rlinks import __version__
+from rlinks.aggregator import Aggregator, Counters
+from rlinks.backends import open_log, open_store
+from rlinks.batch import Batch
+from rlinks.cli.common import data_option, err, json_option, out, print_json, reports_errors
+from rlinks.errors import ConfigError
+from rlinks.file_aggregate import aggregate_file
+from rlinks.hits import WIRE_HIT_DECODER, to_hit
+from rlinks.ndjson import decode_chunk, read_chunks
+from rlinks.sample import write_sample
+from rlinks.settings import DEFAULT_MAX_BATCH, DEFAULT_WINDOW_S, Settings
+from rlinks.status import PartitionStatus, read_status
+from rlinks.store.base import Snapshot
+from rlinks.timefmt import format_lag, format_ms
+from rlinks.verify import differences
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rlinks-bh2")
+@click.option("-v", "--verbose", is_flag=True, help="Log each batch to stderr.")
+def cli(verbose: bool) -> None:
+    """BH2: exact, batched click statistics for rlinks.
+
+    Hits are appended to the HITS log (`ingest`, or the redirect server); `run`
+    folds them into per-code stats behind a watermark, at most one write per
+    code per window, exactly once whatever crashes or retries happen.
+
+    \b
+    Typical use:
+      rlinks-bh2 ingest --data ./data hits.ndjson
+      rlinks-bh2 run --data ./data --once
+      rlinks-bh2 stats --data ./data --code my-code
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main() -> None:
+    cli(prog_name="rlinks-bh2")
+
+
+# -- ingest ---------------------------------------------------------------------
+
+
+@cli.command()
+@data_option
+@click.argument("files", nargs=-1, required=True)
+@reports_errors
+def ingest(data_dir: Path, files: tuple[str, ...]) -> None:
+    """Append NDJSON hits from FILES ("-" = stdin) to the HITS log.
+
+    One JSON object per line with `code` ([a-z0-9-]{1,64}) and `ts` (RFC 3339 or
+    Unix seconds); optional `id`, `country`, `ua_hash`, `referrer`, `ip_prefix`.
+    A hit whose `id` is already logged is dropped, so re-sending is harmless;
+    a hit without an id gets a new one. Bad lines are quarantined with their
+    line number and reason; a final line without a newline is left for later.
+    """
+    for src in files:
+        if src == "-":
+            ingest_stream(data_dir, sys.stdin.buffer, "-")
+            continue
+        size = _size(src)
+        with _open_input(src) as stream:
+            ingest_stream(data_dir, stream, src, size=size)
+
+
+def ingest_stream(
+    data_dir: Path, stream: BinaryIO, src: str, *, size: int | None = None, quiet: bool = False
+) -> None:
+    """Append the NDJSON hits of one stream to the log, with progress and a summary."""
+    log = open_log(data_dir)
+    appended = duplicates = quarantined = without_id = 0
+    with _byte_progress(f"ingest {src}", size) as (progress, task):
+        for chunk in read_chunks(stream):
+            got = decode_chunk(chunk, WIRE_HIT_DECODER)
+            without_id += sum(1 for w in got.items if w.id is None)
+            positions = log.append([to_hit(w) for w in got.items])
+            dup = sum(p.duplicate for p in positions)
+            appended += len(positions) - dup
+            duplicates += dup
+            quarantined += len(got.quarantined)
+            log.quarantine(src, got.quarantined)
+            progress.update(task, completed=chunk.end_offset)
+    log.close()
+    err.print(
+        f"{src}: appended {appended:,} hits, dropped {duplicates:,} duplicates, "
+        f"quarantined {quarantined:,} lines"
+    )
+    if without_id and not quiet:
+        err.print(
+            f"note: {without_id:,} hits had no id and were given new ones; "
+            "ingesting the same lines again would count them again"
+        )
+
+
+def _open_input(src: str) -> BinaryIO:
+    try:
+        return open(src, "rb")
+    except OSError as e:
+        raise ConfigError(f"cannot read {src}: {e.strerror}") from e
+
+
+def _byte_progress(label: str, total: int | None) -> Any:
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        console=err,
+        transient=True,
+        disable=total is not None and total < 8 * 1024 * 1024,
+    )
+
+    class _Ctx:
+        def __enter__(self) -> tuple[Progress, Any]:
+            progress.start()
+            return progress, progress.add_task(label, total=total)
+
+        def __exit__(self, *exc: object) -> None:
+            progress.stop()
+
+    return _Ctx()
+
+
+# -- aggregate (the seed's command) ------------------------------------------------
+
+
+@cli.command()
+@click.option("--in", "src", required=True, help='NDJSON hits file ("-" = stdin).')
+@click.option(
+    "--out",
+    "out_file",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Stats JSON file; read first for its watermark, then replaced atomically.",
+)
+@click.option("--code", help="Keep only this code in `stats`.")
+@click.option(
+    "--from-start",
+    is_flag=True,
+    help="Ignore the out file's watermark and recount the whole input.",
+)
+@reports_errors
+def aggregate(src: str, out_file: Path, code: str | None, from_start: bool) -> None:
+    """Aggregate an NDJSON hits file into a stats JSON file, incrementally.
+
+    The out file carries a watermark: running again on the same input changes
+    nothing, a grown input adds only its new complete lines, and a truncated or
+    replaced input is refused unless --from-start. Every complete valid line
+    counts (no id dedup: that is the HITS log's job).
+    """
+    size = None if src == "-" else _size(src)
+    with _byte_progress(f"aggregate {src}", size) as (progress, task):
+        result = aggregate_file(
+            src,
+            out_file,
+            code=code,
+            from_start=from_start,
+            progress=lambda done: progress.update(task, completed=done),
+        )
+    err.print(
+        f"read {result.lines:,} new lines: counted {result.counted:,}, "
+        f"quarantined {result.quarantined:,}; {result.codes:,} codes in {out_file}"
+    )
+
+
+def _size(src: str) -> int:
+    try:
+        return Path(src).stat().st_size
+    except OSError as e:
+        raise ConfigError(f"cannot read {src}: {e.strerror}") from e
+
+
+# -- run / rebuild -----------------------------------------------------------------
+
+
+@cli.command()
+@data_option
+@click.option(
+    "--window",
+    type=float,
+    default=DEFAULT_WINDOW_S,
+    show_default=True,
+    help="Seconds between flushes: each code's stats are written at most once per window.",
+)
+@click.option(
+    "--max-batch",
+    type=int,
+    default=DEFAULT_MAX_BATCH,
+    show_default=True,
+    help="Flush early when this many hits are pending (catch-up runs full batches).",
+)
+@click.option("--once", is_flag=True, help="Process everything in the log now, then exit 0.")
+@reports_errors
+def run(data_dir: Path, window: float, max_batch: int, once: bool) -> None:
+    """Run BH2: fold hits after the watermark into stats, exactly once.
+
+    Takes every partition under a new epoch; an older aggregator still running
+    is fenced out (its next apply is refused and it exits). SIGTERM or SIGINT
+    flush what is pending and stop cleanly.
+    """
+    settings = Settings.build(data_dir, window_s=window, max_batch=max_batch)
+    _aggregate(settings, once=once)
+
+
+def aggregate_now(settings: Settings) -> Counters:
+    """Everything in the log, aggregated now (`run --once`)."""
+    return _aggregate(settings, once=True)
+
+
+@cli.command()
+@data_option
+@reports_errors
+def rebuild(data_dir: Path) -> None:
+    """Recompute all stats from offset 0 under a new epoch.
+
+    Any aggregator still running is fenced out by the new epoch and stops; run
+    it again afterwards to keep stats fresh.
+    """
+    settings = Settings.build(data_dir)
+    log = open_log(settings.data_dir, create=False)
+    store = open_store(settings.data_dir)
+    epochs = store.reset(log.partitions)
+    err.print(f"stats cleared; watermarks at 0 (epochs {epochs}); recounting the log")
+    _aggregate(settings, once=True)
+
+
+def _aggregate(settings: Settings, *, once: bool) -> Counters:
+    log = open_log(settings.data_dir, create=False)
+    store = open_store(settings.data_dir)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        console=err,
+        transient=True,
+    )
+    task = progress.add_task("aggregating", total=None, rate="")
+
+    def on_flush(batch: Batch, counters: Counters) -> None:
+        logging.getLogger("rlinks.bh2").info(
+            "partition %d: applied (%d, %d], %d hits, %d keys written; lag %d hits",
+            batch.partition,
+            batch.start,
+            batch.end,
+            batch.hits,
+            batch.codes,
+            counters.lag_hits,
+        )
+        progress.update(task, completed=counters.hits_read)
+
+    agg = Aggregator(log, store, settings, on_flush=on_flush)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: agg.stop())
+    agg.start()
+    progress.update(task, total=agg.counters.lag_hits)
+    if once and agg.counters.lag_hits > 1_000_000:
+        progress.start()
+    try:
+        counters = agg.run(once=once)
+    finally:
+        progress.stop()
+    err.print(
+        f"read {counters.hits_read:,} hits in {counters.batches:,} batches, "
+        f"{counters.kv_writes:,} KV writes; lag {counters.lag_hits:,} hits"
+    )
+    return counters
+
+
+# -- reading -----------------------------------------------------------------------
+
+
+def _freshness(parts: list[PartitionStatus]) -> dict[str, Any]:
+    as_of = [p.as_of_ms for p in parts if p.as_of_ms is not None]
+    return {
+        "as_of": format_ms(min(as_of)) if as_of else None,
+        "lag_hits": sum(p.lag_hits for p in parts),
+        "lag_s": round(max((p.lag_s for p in parts), default=0.0), 3),
+    }
+
+
+def _snapshot_json(s: Snapshot) -> dict[str, Any]:
+    return {
+        "hits": s.hits,
+        "first_hit": format_ms(s.first_ms),
+        "last_hit": format_ms(s.last_ms),
+        "daily": s.daily,
+    }
+
+
+@cli.command()
+@data_option
+@click.option("--code", help="Only this code.")
+@click.option(
+    "--limit",
+    type=int,
+    default=50,
+    show_default=True,
+    help="Rows in the table (most hits first); --json prints every code.",
+)
+@json_option
+@reports_errors
+def stats(data_dir: Path, code: str | None, limit: int, as_json: bool) -> None:
+    """Per-code stats snapshots, with how fresh they are ("as of" and lag)."""
+    print_stats(data_dir, code=code, limit=limit, as_json=as_json)
+
+
+def print_stats(data_dir: Path, *, code: str | None, limit: int, as_json: bool) -> None:
+    log = open_log(data_dir, create=False)
+    store = open_store(data_dir)
+    fresh = _freshness(read_status(log, store))
+    if code is not None:
+        snap = store.snapshot(code)
+        snaps = [snap] if snap else []
+    else:
+        snaps = list(store.snapshots())
+    if as_json:
+        print_json({**fresh, "stats": {s.code: _snapshot_json(s) for s in snaps}})
+        return
+    if code is not None and not snaps:
+        out.print(f"no hits counted for {code!r} (as of {fresh['as_of'] or 'never'})")
+        return
+    table = Table(
+        title=f"stats as of {fresh['as_of'] or 'never'}; lag {fresh['lag_hits']:,} hits "
+        f"({format_lag(fresh['lag_s'])})"
+    )
+    for col in ("code", "hits", "first hit", "last hit", "days"):
+        table.add_column(col, justify="right" if col in ("hits", "days") else "left")
+    top = sorted(snaps, key=lambda s: (-s.hits, s.code))[:limit]
+    for s in top:
+        table.add_row(
+            s.code, f"{s.hits:,}", format_ms(s.first_ms), format_ms(s.last_ms), str(len(s.daily))
+        )
+    out.print(table)
+    if len(snaps) > len(top):
+        out.print(f"({len(snaps) - len(top):,} more codes; --limit or --json shows them)")
+
+
+@cli.command()
+@data_option
+@json_option
+@reports_errors
+def status(data_dir: Path, as_json: bool) -> None:
+    """Per partition: watermark, log end, lag, epoch, last flush, totals."""
+    log = open_log(data_dir, create=False)
+    store = open_store(data_dir)
+    parts = read_status(log, store)
+    quarantined = log.quarantined()
+    if as_json:
+        print_json(
+            {
+                "partitions": [
+                    {
+                        **p.__dict__,
+                        "as_of": format_ms(p.as_of_ms),
+                        "last_flush": format_ms(p.last_flush_ms),
+                    }
+                    for p in parts
+                ],
+                "quarantined": quarantined,
+            }
+        )
+        return
+    table = Table(title=f"BH2 status ({quarantined:,} lines quarantined at ingest)")
+    table.add_column("")
+    for p in parts:
+        table.add_column(f"partition {p.partition}", justify="right")
+    rows = {
+        "watermark": [f"{p.watermark:,}" for p in parts],
+        "log end": [f"{p.log_end:,}" for p in parts],
+        "lag": [f"{p.lag_hits:,} hits, {format_lag(p.lag_s)}" for p in parts],
+        "epoch": [str(p.epoch) for p in parts],
+        "as of": [format_ms(p.as_of_ms) or "-" for p in parts],
+        "last flush": [format_ms(p.last_flush_ms) or "-" for p in parts],
+        "batches": [f"{p.batches:,}" for p in parts],
+        "hits counted": [f"{p.hits:,}" for p in parts],
+        "KV writes": [f"{p.kv_writes:,}" for p in parts],
+    }
+    for name, values in rows.items():
+        table.add_row(name, *values)
+    out.print(table)
+
+
+@cli.command()
+@data_option
+@reports_errors
+def verify(data_dir: Path) -> None:
+    """Recount the log and compare with the stats; exit 0 only if identical.
+
+    Hits up to each partition's watermark are compared (those the contract says
+    are counted exactly once); hits past it are reported as lag.
+    """
+    log = open_log(data_dir, create=False)
+    store = open_store(data_dir)
+    diffs = differences(log, store)
+    parts = read_status(log, store)
+    counted = sum(p.watermark for p in parts)
+    lag = sum(p.lag_hits for p in parts)
+    if diffs:
+        for d in diffs[:200]:
+            out.print(d)
+        if len(diffs) > 200:
+            out.print(f"... and {len(diffs) - 200:,} more")
+        err.print(f"[bold red]verify failed:[/] {len(diffs):,} differences", markup=True)
+        sys.exit(1)
+    out.print(
+        f"OK: stats match a recount of the log up to the watermark "
+        f"(offsets up to {counted:,}; {lag:,} hits not aggregated yet)"
+    )
+
+
+@cli.command()
+@click.option("--hits", "n", type=int, default=100_000, show_default=True)
+@click.option("--codes", type=int, default=10_000, show_default=True)
+@click.option(
+    "--zipf",
+    "s",
+    type=float,
+    default=1.1,
+    show_default=True,
+    help="Zipf exponent over the codes (0 = uniform).",
+)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--out", "out_file", type=click.File("wb"), default="-", show_default=True)
+def sample(n: int, codes: int, s: float, seed: int, out_file: Any) -> None:
+    """Write N sample hits as NDJSON (for demos and benchmarks)."""
+    write_sample(out_file, n, codes=codes, s=s, seed=seed)

@@ -1,0 +1,258 @@
+"""`rlinks-bh2 aggregate`: an NDJSON hits file in, a stats JSON file out.
+
+The out file carries its own watermark (bytes and lines consumed, and hashes of
+the consumed input's head and tail), so a rerun on the same input changes
+nothing and a rerun on a grown input folds only the new complete lines. A
+truncated or replaced input is refused unless the caller starts from scratch.
+Every complete valid line counts: no id dedup here, that is the log's job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import msgspec
+import numpy as np
+
+from rlinks.batch import fold
+from rlinks.errors import ConfigError, InputChangedError
+from rlinks.hits import WIRE_CODE_TS_DECODER, WireCodeTs, ts_to_ms
+from rlinks.ndjson import decode_chunk, read_chunks
+from rlinks.timefmt import datetime_to_ms, day_to_iso, format_ms, now_ms
+
+# The consumed input's first and last bytes are hashed to spot a replaced file.
+HEAD_BYTES = 64 * 1024
+TAIL_BYTES = 4 * 1024
+
+
+class _Watermark(msgspec.Struct):
+    source: str
+    byte_offset: int = 0
+    lines: int = 0
+    head_sha256: str = ""
+    tail_sha256: str = ""
+    code: str | None = None
+    as_of: str | None = None
+    updated_at: str | None = None
+
+
+class _CodeStats(msgspec.Struct):
+    hits: int
+    first_hit: str
+    last_hit: str
+    daily: dict[str, int]
+
+
+class _OutFile(msgspec.Struct):
+    stats: dict[str, _CodeStats]
+    watermark: _Watermark
+    quarantined: int = 0
+
+
+@dataclass
+class _Acc:
+    """Per-code running totals in milliseconds, merged chunk by chunk."""
+
+    hits: int = 0
+    first_ms: int = 0
+    last_ms: int = 0
+    daily: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class AggregateResult:
+    lines: int  # complete lines read this run
+    counted: int
+    quarantined: int
+    codes: int
+
+
+class _Fingerprint:
+    """The first HEAD_BYTES and last TAIL_BYTES of the input consumed so far."""
+
+    def __init__(self, head: bytes = b"", tail: bytes = b"") -> None:
+        self.head = bytearray(head)
+        self.tail = tail
+
+    def feed(self, data: bytes) -> None:
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: HEAD_BYTES - len(self.head)]
+        self.tail = (self.tail + data[-TAIL_BYTES:])[-TAIL_BYTES:]
+
+    def digests(self) -> tuple[str, str]:
+        return hashlib.sha256(self.head).hexdigest(), hashlib.sha256(self.tail).hexdigest()
+
+
+def aggregate_file(
+    src: str,
+    out: Path,
+    *,
+    code: str | None = None,
+    from_start: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> AggregateResult:
+    """Fold the complete lines of `src` (a path or "-") past the watermark in `out`."""
+    prev = None if from_start else _load(out)
+    if prev is not None and prev.watermark.code != code:
+        raise InputChangedError(
+            f"{out} was made with --code {prev.watermark.code or '(none)'}, not "
+            f"--code {code or '(none)'}: pass --from-start to recount with this filter"
+        )
+    wm = prev.watermark if prev else _Watermark(source=src, code=code)
+    acc = {c: _parse(s) for c, s in prev.stats.items()} if prev else {}
+    counted = quarantined = lines = 0
+    stream = _open(src)
+    try:
+        seen = _skip_consumed(stream, wm, src)
+        offset = wm.byte_offset
+        max_ts = None
+        for chunk in read_chunks(stream, byte_offset=offset, first_line=wm.lines + 1):
+            got = decode_chunk(chunk, WIRE_CODE_TS_DECODER)
+            newest = _fold_into(acc, got.items, code)
+            if newest is not None:
+                max_ts = newest if max_ts is None else max(max_ts, newest)
+            counted += len(got.items)
+            quarantined += len(got.quarantined)
+            lines += chunk.lines
+            seen.feed(chunk.data)  # an over-long line's bytes are not kept: its chunk is empty
+            offset = chunk.end_offset
+            if progress is not None:
+                progress(offset)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    wm.byte_offset, wm.lines = offset, wm.lines + lines
+    wm.head_sha256, wm.tail_sha256 = seen.digests()
+    if max_ts is not None:
+        wm.as_of = format_ms(max(max_ts, _parse_ms(wm.as_of) if wm.as_of else max_ts))
+    wm.source, wm.updated_at = src, format_ms(now_ms())
+    result = _OutFile(
+        stats={c: _render(a) for c, a in sorted(acc.items())},
+        watermark=wm,
+        quarantined=(prev.quarantined if prev else 0) + quarantined,
+    )
+    _write_atomically(out, msgspec.json.format(msgspec.json.encode(result), indent=2) + b"\n")
+    return AggregateResult(lines, counted, quarantined, len(acc))
+
+
+def _fold_into(acc: dict[str, _Acc], items: list[WireCodeTs], code: str | None) -> int | None:
+    """Add a chunk's hits to `acc`; the newest hit's time, if any."""
+    if code is not None:
+        items = [w for w in items if w.code == code]
+    if not items:
+        return None
+    ts_values = [w.ts for w in items]
+    if set(map(type, ts_values)) == {int}:  # the common case: integer seconds, vectorised
+        ts = np.array(ts_values, dtype=np.int64) * 1000
+    else:
+        ts = np.fromiter(map(ts_to_ms, ts_values), np.int64, len(ts_values))
+    codes = [w.code for w in items]
+    names = list(dict.fromkeys(codes))
+    index = {c: i for i, c in enumerate(names)}
+    ids = np.fromiter(map(index.__getitem__, codes), np.int64, len(codes))
+    for d in fold(ids, ts, names):
+        a = acc.get(d.code)
+        if a is None:
+            acc[d.code] = a = _Acc(0, d.first_ms, d.last_ms)
+        a.hits += d.hits
+        a.first_ms = min(a.first_ms, d.first_ms)
+        a.last_ms = max(a.last_ms, d.last_ms)
+        a.daily[day_to_iso(d.day)] += d.hits
+    return int(ts.max())
+
+
+def _skip_consumed(stream: BinaryIO, wm: _Watermark, src: str) -> _Fingerprint:
+    """Position `stream` after what the watermark covers, checking it is unchanged."""
+    off = wm.byte_offset
+    if off == 0:
+        return _Fingerprint()
+    if stream.seekable():
+        size = os.fstat(stream.fileno()).st_size
+        if size < off:
+            raise InputChangedError(
+                f"{src} is shorter ({size} bytes) than what was already counted ({off} bytes): "
+                "it was truncated or replaced; pass --from-start to recount it"
+            )
+        head = stream.read(min(off, HEAD_BYTES))
+        stream.seek(max(0, off - TAIL_BYTES))
+        seen = _Fingerprint(head, stream.read(min(off, TAIL_BYTES)))
+        stream.seek(off)
+    else:
+        seen = _Fingerprint()
+        left = off
+        while left:
+            block = stream.read(min(left, 1 << 20))
+            if not block:
+                raise InputChangedError(
+                    f"{src} ended after {off - left} bytes, before the {off} already counted: "
+                    "pass --from-start to recount it"
+                )
+            seen.feed(block)
+            left -= len(block)
+    if seen.digests() != (wm.head_sha256, wm.tail_sha256):
+        raise InputChangedError(
+            f"{src} is not the input counted before: its first or last counted bytes "
+            "changed (replaced or rewritten); pass --from-start to recount it"
+        )
+    return seen
+
+
+def _open(src: str) -> BinaryIO:
+    if src == "-":
+        return sys.stdin.buffer
+    try:
+        return open(src, "rb")
+    except OSError as e:
+        raise ConfigError(f"cannot read {src}: {e.strerror}") from e
+
+
+def _load(out: Path) -> _OutFile | None:
+    try:
+        data = out.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return msgspec.json.decode(data, type=_OutFile)
+    except msgspec.MsgspecError as e:
+        raise InputChangedError(
+            f"{out} exists but is not an aggregate output ({e}); "
+            "move it away or pass --from-start to overwrite it"
+        ) from e
+
+
+def _parse_ms(text: str) -> int:
+    return datetime_to_ms(msgspec.json.decode(msgspec.json.encode(text), type=dt.datetime))
+
+
+def _parse(s: _CodeStats) -> _Acc:
+    return _Acc(s.hits, _parse_ms(s.first_hit), _parse_ms(s.last_hit), Counter(s.daily))
+
+
+def _render(a: _Acc) -> _CodeStats:
+    return _CodeStats(
+        hits=a.hits,
+        first_hit=format_ms(a.first_ms) or "",
+        last_hit=format_ms(a.last_ms) or "",
+        daily=dict(sorted(a.daily.items())),
+    )
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temp file beside `path`, fsync, then rename over it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,162 @@
+"""The stats store in SQLite (`kv.db`): one row per code and UTC day.
+
+A code's snapshot is its day rows folded together (hits summed, first/last by
+min/max), so one apply writes one row per (code, day) that changed and nothing
+else: the fewest writes that keep per-day counts.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from rlinks.batch import Batch
+from rlinks.errors import StaleEpochError, WatermarkMismatchError
+from rlinks.sqlitedb import Transaction, connect
+from rlinks.store.base import Snapshot, Watermark
+from rlinks.timefmt import day_to_iso, now_ms
+
+KV_FILE = "kv.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS stats_daily (
+    code TEXT NOT NULL,
+    day INTEGER NOT NULL,          -- days since 1970-01-01 UTC
+    hits INTEGER NOT NULL,
+    first_ms INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    PRIMARY KEY (code, day)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS watermarks (
+    partition INTEGER PRIMARY KEY,
+    offset INTEGER NOT NULL DEFAULT 0,
+    epoch INTEGER NOT NULL DEFAULT 0,
+    as_of_ms INTEGER,
+    flushed_at_ms INTEGER,
+    batches INTEGER NOT NULL DEFAULT 0,
+    hits INTEGER NOT NULL DEFAULT 0,
+    kv_writes INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+_UPSERT = (
+    "INSERT INTO stats_daily VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+    " hits = hits + excluded.hits,"
+    " first_ms = min(first_ms, excluded.first_ms),"
+    " last_ms = max(last_ms, excluded.last_ms)"
+)
+
+
+class SqliteStatsStore:
+    """`StatsStore` on a SQLite file."""
+
+    def __init__(self, data_dir: Path, *, readonly: bool = False) -> None:
+        path = Path(data_dir) / KV_FILE
+        if not readonly:
+            Path(data_dir).mkdir(parents=True, exist_ok=True)
+        self._conn = connect(path, readonly=readonly)
+        if not readonly:
+            self._conn.executescript(_SCHEMA)
+
+    def acquire(self, partition: int) -> int:
+        with Transaction(self._conn) as c:
+            c.execute("INSERT OR IGNORE INTO watermarks (partition) VALUES (?)", (partition,))
+            (epoch,) = c.execute(
+                "UPDATE watermarks SET epoch = epoch + 1 WHERE partition = ? RETURNING epoch",
+                (partition,),
+            ).fetchone()
+        return int(epoch)
+
+    def watermark(self, partition: int) -> Watermark:
+        row = self._conn.execute(
+            "SELECT * FROM watermarks WHERE partition = ?", (partition,)
+        ).fetchone()
+        return Watermark(*row) if row else Watermark(partition, 0, 0)
+
+    def watermarks(self) -> list[Watermark]:
+        return [Watermark(*r) for r in self._conn.execute("SELECT * FROM watermarks ORDER BY 1")]
+
+    def apply(self, batch: Batch, *, before_commit: Callable[[], None] | None = None) -> None:
+        with Transaction(self._conn) as c:
+            # Step 1. Check fencing and position before the first write.
+            self._check(c, batch)
+            # Step 2. Upsert one row per (code, day) that changed.
+            c.executemany(_UPSERT, batch.deltas)
+            # Step 3. Move the watermark in the same transaction.
+            c.execute(
+                "UPDATE watermarks SET offset = ?, as_of_ms = max(coalesce(as_of_ms, ?), ?),"
+                " flushed_at_ms = ?, batches = batches + 1, hits = hits + ?,"
+                " kv_writes = kv_writes + ? WHERE partition = ?",
+                (
+                    batch.end,
+                    batch.max_ts_ms,
+                    batch.max_ts_ms,
+                    now_ms(),
+                    batch.hits,
+                    batch.codes,
+                    batch.partition,
+                ),
+            )
+            if before_commit is not None:
+                before_commit()
+            # Step 4. COMMIT (on leaving the block): all of it, or none of it.
+
+    def _check(self, c: sqlite3.Connection, batch: Batch) -> None:
+        row = c.execute(
+            "SELECT offset, epoch FROM watermarks WHERE partition = ?", (batch.partition,)
+        ).fetchone()
+        offset, epoch = row if row else (0, 0)
+        if batch.epoch != epoch:
+            raise StaleEpochError(batch.partition, batch.epoch, epoch)
+        if batch.start != offset:
+            raise WatermarkMismatchError(batch.partition, batch.start, batch.end, offset)
+
+    def snapshot(self, code: str) -> Snapshot | None:
+        rows = self._conn.execute(
+            "SELECT code, day, hits, first_ms, last_ms FROM stats_daily"
+            " WHERE code = ? ORDER BY day",
+            (code,),
+        ).fetchall()
+        return _snapshot_of(rows) if rows else None
+
+    def snapshots(self) -> Iterator[Snapshot]:
+        cur = self._conn.execute(
+            "SELECT code, day, hits, first_ms, last_ms FROM stats_daily ORDER BY code, day"
+        )
+        rows: list[tuple[str, int, int, int, int]] = []
+        for row in cur:
+            if rows and row[0] != rows[0][0]:
+                yield _snapshot_of(rows)
+                rows = []
+            rows.append(row)
+        if rows:
+            yield _snapshot_of(rows)
+
+    def reset(self, partitions: int) -> dict[int, int]:
+        with Transaction(self._conn) as c:
+            c.execute("DELETE FROM stats_daily")
+            c.executemany(
+                "INSERT OR IGNORE INTO watermarks (partition) VALUES (?)",
+                [(p,) for p in range(partitions)],
+            )
+            epochs = c.execute(
+                "UPDATE watermarks SET offset = 0, epoch = epoch + 1, as_of_ms = NULL,"
+                " flushed_at_ms = NULL, batches = 0, hits = 0, kv_writes = 0"
+                " RETURNING partition, epoch"
+            ).fetchall()
+        return dict(epochs)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _snapshot_of(rows: list[tuple[str, int, int, int, int]]) -> Snapshot:
+    """One snapshot from the day rows of one code."""
+    return Snapshot(
+        code=rows[0][0],
+        hits=sum(r[2] for r in rows),
+        first_ms=min(r[3] for r in rows),
+        last_ms=max(r[4] for r in rows),
+        daily={day_to_iso(r[1]): r[2] for r in rows},
+    )
