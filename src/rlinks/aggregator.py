@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rlinks.batch import Batch, fold
+from rlinks.batch import Batch, DayCounts
 from rlinks.crash import CrashPoints
 from rlinks.errors import WatermarkMismatchError
 from rlinks.log.base import HitLog, LogSlice
@@ -36,6 +36,7 @@ class Counters:
     hits_read: int = 0
     batches: int = 0
     kv_writes: int = 0
+    quarantined: int = 0  # records the log holds in quarantine (bad input never counted)
     lag_hits: int = 0
     lag_s: float = 0.0
 
@@ -48,6 +49,7 @@ class _Partition:
     epoch: int
     watermark: int
     read_to: int
+    flushed_at: float  # clock time of the last flush: the window counts from here
     pending: list[LogSlice] = field(default_factory=list)
 
     @property
@@ -63,7 +65,7 @@ class _Partition:
             epoch=self.epoch,
             start=self.watermark,
             end=self.read_to,
-            deltas=fold(codes, ts, names),
+            deltas=DayCounts.of_hits(codes, ts).rows(names),
             max_ts_ms=int(ts.max()),
             hits=int(ts.size),
         )
@@ -95,7 +97,7 @@ class Aggregator:
         for p in range(self._log.partitions):
             epoch = self._store.acquire(p)
             w = self._store.watermark(p).offset
-            self._owned.append(_Partition(p, epoch, w, w))
+            self._owned.append(_Partition(p, epoch, w, w, self._clock()))
             log.info("partition %d: epoch %d, watermark %d", p, epoch, w)
         self.refresh_lag()
 
@@ -107,14 +109,25 @@ class Aggregator:
         """Aggregate until stopped; with `once`, until the log is drained."""
         if not self._owned:
             self.start()
-        last_flush = self._clock()
         while not self._stop.is_set():
             progressed = self._read_all()
             if once and not progressed:
-                break
-            if self._clock() - last_flush >= self._settings.window_s:
                 self.flush()
-                last_flush = self._clock()
+                # A flush refused as out of place rewinds to the stored
+                # watermark; whatever that left unread is read again.
+                if self._read_all():
+                    continue
+                break
+            now = self._clock()
+            due = [
+                p
+                for p in self._owned
+                if p.pending and now - p.flushed_at >= self._settings.window_s
+            ]
+            for part in due:
+                self._flush_partition(part)
+            if due:
+                self.refresh_lag()
             if not progressed:
                 self._stop.wait(self._settings.poll_s)
         self.flush()
@@ -157,6 +170,7 @@ class Aggregator:
             return
         self._crash.reach("after_commit")
         part.watermark = batch.end
+        part.flushed_at = self._clock()
         part.pending.clear()
         self.counters.batches += 1
         self.counters.kv_writes += batch.codes
@@ -167,3 +181,4 @@ class Aggregator:
         parts = read_status(self._log, self._store)
         self.counters.lag_hits = sum(p.lag_hits for p in parts)
         self.counters.lag_s = max((p.lag_s for p in parts), default=0.0)
+        self.counters.quarantined = self._log.quarantined()

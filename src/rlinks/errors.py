@@ -21,11 +21,16 @@ class StaleEpochError(RlinksError):
 
     exit_code = 3
 
-    def __init__(self, partition: int, epoch: int, current: int) -> None:
+    def __init__(self, partition: int, epoch: int, current: int, *, acquired: bool = True) -> None:
+        if acquired:
+            why = (
+                f"this aggregator holds epoch {epoch} but the store is at epoch {current}: "
+                "another aggregator took over the partition"
+            )
+        else:
+            why = f"no aggregator ever acquired it, so epoch {epoch} is not valid"
         super().__init__(
-            f"partition {partition}: this aggregator holds epoch {epoch} but the store "
-            f"is at epoch {current}: another aggregator took over the partition; "
-            "stopping without writing (nothing was counted twice)"
+            f"partition {partition}: {why}; stopping without writing (nothing was counted twice)"
         )
         self.partition = partition
         self.epoch = epoch
@@ -60,3 +65,29 @@ class LogGapError(RlinksError):
 
 class InputChangedError(RlinksError):
     """The seed `aggregate` input was truncated or replaced since the last run."""
+
+
+class InvalidRouteError(RlinksError):
+    """A route field breaks a rule; `field` names it ("code", "target", "expires_at"...)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class RouteNotFoundError(RlinksError):
+    """No route has this code (it was never set, or it was deleted)."""
+
+    exit_code = 4
+
+    def __init__(self, code: str) -> None:
+        super().__init__(
+            f"no route has the code {code!r}: `rlinks links list` shows the codes that exist"
+        )
+        self.code = code
+
+
+class KvUnavailableError(RlinksError):
+    """The KV did not answer (or a fault was injected into the remote-KV model)."""
+
+    exit_code = 5

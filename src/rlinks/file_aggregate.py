@@ -17,15 +17,23 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import msgspec
 import numpy as np
 
-from rlinks.batch import fold
+from rlinks.batch import DayCounts
 from rlinks.errors import ConfigError, InputChangedError
-from rlinks.hits import WIRE_CODE_TS_DECODER, WireCodeTs, ts_to_ms
-from rlinks.ndjson import decode_chunk, read_chunks
+from rlinks.hits import (
+    LENIENT_CODE_TS_DECODER,
+    WIRE_CODE_TS_DECODER,
+    CodeTsColumns,
+    LenientCodeTs,
+    WireCodeTs,
+    code_ts_columns,
+    ts_reason,
+)
+from rlinks.ndjson import Decoded, decode_chunk, read_chunks
 from rlinks.timefmt import datetime_to_ms, day_to_iso, format_ms, now_ms
 
 # The consumed input's first and last bytes are hashed to spot a replaced file.
@@ -109,26 +117,33 @@ def aggregate_file(
     wm = prev.watermark if prev else _Watermark(source=src, code=code)
     acc = {c: _parse(s) for c, s in prev.stats.items()} if prev else {}
     counted = quarantined = lines = 0
+    folder = _Folder(code)
     stream = _open(src)
     try:
         seen = _skip_consumed(stream, wm, src)
         offset = wm.byte_offset
-        max_ts = None
         for chunk in read_chunks(stream, byte_offset=offset, first_line=wm.lines + 1):
-            got = decode_chunk(chunk, WIRE_CODE_TS_DECODER)
-            newest = _fold_into(acc, got.items, code)
-            if newest is not None:
-                max_ts = newest if max_ts is None else max(max_ts, newest)
+            got: Decoded[Any] = decode_chunk(chunk, LENIENT_CODE_TS_DECODER)
+            cols = folder.columns(got.items)
+            if cols is None:  # a rule the lenient decoder skips: find the bad lines
+                got = decode_chunk(chunk, WIRE_CODE_TS_DECODER, by_line=True, accept=ts_reason)
+                cols = folder.columns(got.items)
+            if cols is not None:
+                folder.add(cols)
             counted += len(got.items)
             quarantined += len(got.quarantined)
             lines += chunk.lines
-            seen.feed(chunk.data)  # an over-long line's bytes are not kept: its chunk is empty
+            for part in chunk.edges if chunk.too_long else (chunk.data,):
+                seen.feed(part)  # stdin only: a file is fingerprinted from disk
             offset = chunk.end_offset
             if progress is not None:
                 progress(offset)
+        if stream.seekable():
+            seen = _read_fingerprint(stream, offset)
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
+    max_ts = folder.merge_into(acc)
     wm.byte_offset, wm.lines = offset, wm.lines + lines
     wm.head_sha256, wm.tail_sha256 = seen.digests()
     if max_ts is not None:
@@ -143,30 +158,52 @@ def aggregate_file(
     return AggregateResult(lines, counted, quarantined, len(acc))
 
 
-def _fold_into(acc: dict[str, _Acc], items: list[WireCodeTs], code: str | None) -> int | None:
-    """Add a chunk's hits to `acc`; the newest hit's time, if any."""
-    if code is not None:
-        items = [w for w in items if w.code == code]
-    if not items:
-        return None
-    ts_values = [w.ts for w in items]
-    if set(map(type, ts_values)) == {int}:  # the common case: integer seconds, vectorised
-        ts = np.array(ts_values, dtype=np.int64) * 1000
-    else:
-        ts = np.fromiter(map(ts_to_ms, ts_values), np.int64, len(ts_values))
-    codes = [w.code for w in items]
-    names = list(dict.fromkeys(codes))
-    index = {c: i for i, c in enumerate(names)}
-    ids = np.fromiter(map(index.__getitem__, codes), np.int64, len(codes))
-    for d in fold(ids, ts, names):
-        a = acc.get(d.code)
-        if a is None:
-            acc[d.code] = a = _Acc(0, d.first_ms, d.last_ms)
-        a.hits += d.hits
-        a.first_ms = min(a.first_ms, d.first_ms)
-        a.last_ms = max(a.last_ms, d.last_ms)
-        a.daily[day_to_iso(d.day)] += d.hits
-    return int(ts.max())
+class _Folder:
+    """Collects decoded chunks as columns and folds them 250,000 hits at a
+    time into per-(code, day) columns; Python sees each code only at the end."""
+
+    FOLD_EVERY = 250_000  # bounds the fold's temporary arrays (memory stays flat)
+
+    def __init__(self, code: str | None) -> None:
+        self.code = code
+        self.table: dict[str, int] = {}
+        self.pending: list[CodeTsColumns] = []
+        self.pending_hits = 0
+        self.counts = DayCounts.empty()
+
+    def columns(self, items: list[LenientCodeTs] | list[WireCodeTs]) -> CodeTsColumns | None:
+        """Every item checked; then only the --code hits kept, if one was given."""
+        cols = code_ts_columns(items, self.table)
+        if cols is None or self.code is None:
+            return cols
+        keep = cols.code_ids == self.table.get(self.code, -1)
+        return CodeTsColumns(cols.code_ids[keep], cols.ts_ms[keep])
+
+    def add(self, cols: CodeTsColumns) -> None:
+        self.pending.append(cols)
+        self.pending_hits += cols.ts_ms.size
+        if self.pending_hits >= self.FOLD_EVERY:
+            self.fold()
+
+    def fold(self) -> None:
+        if self.pending:
+            ids = np.concatenate([c.code_ids for c in self.pending])
+            ts = np.concatenate([c.ts_ms for c in self.pending])
+            self.counts = self.counts.merge(DayCounts.of_hits(ids, ts))
+            self.pending, self.pending_hits = [], 0
+
+    def merge_into(self, acc: dict[str, _Acc]) -> int | None:
+        """Add everything folded to `acc`; the newest hit's time, if any."""
+        self.fold()
+        for d in self.counts.deltas(list(self.table)):
+            a = acc.get(d.code)
+            if a is None:
+                acc[d.code] = a = _Acc(0, d.first_ms, d.last_ms)
+            a.hits += d.hits
+            a.first_ms = min(a.first_ms, d.first_ms)
+            a.last_ms = max(a.last_ms, d.last_ms)
+            a.daily[day_to_iso(d.day)] += d.hits
+        return int(self.counts.lasts.max()) if self.counts.lasts.size else None
 
 
 def _skip_consumed(stream: BinaryIO, wm: _Watermark, src: str) -> _Fingerprint:
@@ -181,9 +218,7 @@ def _skip_consumed(stream: BinaryIO, wm: _Watermark, src: str) -> _Fingerprint:
                 f"{src} is shorter ({size} bytes) than what was already counted ({off} bytes): "
                 "it was truncated or replaced; pass --from-start to recount it"
             )
-        head = stream.read(min(off, HEAD_BYTES))
-        stream.seek(max(0, off - TAIL_BYTES))
-        seen = _Fingerprint(head, stream.read(min(off, TAIL_BYTES)))
+        seen = _read_fingerprint(stream, off)
         stream.seek(off)
     else:
         seen = _Fingerprint()
@@ -203,6 +238,14 @@ def _skip_consumed(stream: BinaryIO, wm: _Watermark, src: str) -> _Fingerprint:
             "changed (replaced or rewritten); pass --from-start to recount it"
         )
     return seen
+
+
+def _read_fingerprint(stream: BinaryIO, offset: int) -> _Fingerprint:
+    """The fingerprint of the first `offset` bytes of a seekable stream."""
+    stream.seek(0)
+    head = stream.read(min(offset, HEAD_BYTES))
+    stream.seek(max(0, offset - TAIL_BYTES))
+    return _Fingerprint(head, stream.read(min(offset, TAIL_BYTES)))
 
 
 def _open(src: str) -> BinaryIO:

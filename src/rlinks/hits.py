@@ -11,9 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from typing import Annotated, Any, Final
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Annotated, Any, Final, Protocol
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 import uuid_utils
 
 from rlinks.timefmt import datetime_to_ms
@@ -26,10 +31,11 @@ REFERRER_CAP: Final = 512
 FIELD_CAP: Final = 128
 # Unix seconds from 1970-01-01 to 9999-12-31: a millisecond value or garbage is out.
 MAX_TS_SECONDS: Final = 253_402_300_799
+MAX_TS_MS: Final = MAX_TS_SECONDS * 1000 + 999
 
 _CODE_RE = re.compile(CODE_PATTERN)
 Code = Annotated[str, msgspec.Meta(pattern=CODE_PATTERN)]
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class Reason:
@@ -70,7 +76,7 @@ _TS = (
     | Annotated[float, msgspec.Meta(ge=0, le=MAX_TS_SECONDS)]
 )
 _HitId = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00-\x1f\x7f]+\Z")
+    str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00-\x1f\x7f-\x9f]+\Z")
 ]
 
 
@@ -88,17 +94,94 @@ class WireHit(msgspec.Struct):
 
 
 class WireCodeTs(msgspec.Struct):
-    """Only what a stats fold needs; the same rules, other fields skipped unparsed."""
+    """Only what a stats fold needs, under the same rules (a bad id is still a
+    bad line); the other fields are skipped unparsed."""
 
     code: Code
     ts: _TS
     id: _HitId | None = None
 
 
-def _cap(value: Any, limit: int) -> str | None:
+class LenientCodeTs(msgspec.Struct):
+    """Decodes six times faster than WireCodeTs: the code pattern and ts range
+    are left to `code_ts_columns`, which checks them once per chunk."""
+
+    code: str
+    ts: Annotated[dt.datetime, msgspec.Meta(tz=True)] | int | float
+    id: _HitId | None = None  # rare in bulk files, so its checks cost little here
+
+
+class HasCodeTs(Protocol):
+    @property
+    def code(self) -> str: ...
+    @property
+    def ts(self) -> dt.datetime | int | float: ...
+
+
+@dataclass(frozen=True)
+class CodeTsColumns:
+    """Decoded hits as columns: `code_ids[i]` indexes the caller's code table."""
+
+    code_ids: npt.NDArray[np.int64]
+    ts_ms: npt.NDArray[np.int64]
+
+
+def code_ts_columns(items: Sequence[HasCodeTs], table: dict[str, int]) -> CodeTsColumns | None:
+    """Columns for decoded hits, or None if any of them breaks a rule.
+
+    New codes are added to `table` (code -> id) only when every hit is valid.
+    """
+    codes = [w.code for w in items]
+    ids: npt.NDArray[np.int64] | None
+    try:
+        ids = np.fromiter(map(table.__getitem__, codes), np.int64, len(codes))
+    except KeyError:  # codes not seen before: check each once, add them if all is well
+        ids = None
+        new = [c for c in dict.fromkeys(codes) if c not in table]
+        if not all(map(_CODE_RE.fullmatch, new)):
+            return None
+    ts_ms = _ts_column([w.ts for w in items])
+    if ts_ms is None:
+        return None
+    if ids is None:
+        for c in new:
+            table[c] = len(table)
+        ids = np.fromiter(map(table.__getitem__, codes), np.int64, len(codes))
+    return CodeTsColumns(ids, ts_ms)
+
+
+def _ts_column(stamps: list[dt.datetime | int | float]) -> npt.NDArray[np.int64] | None:
+    """Unix ms for each `ts`, or None if one is out of range."""
+    if set(map(type, stamps)) <= {int}:  # the common case, integer seconds: vectorised
+        try:
+            secs = np.array(stamps, dtype=np.int64)
+        except OverflowError:
+            return None
+        if secs.size and (secs.min() < 0 or secs.max() > MAX_TS_SECONDS):
+            return None
+        return secs * 1000
+    if not all(map(_ts_in_range, stamps)):
+        return None
+    return np.fromiter(map(ts_to_ms, stamps), np.int64, len(stamps))
+
+
+def _ts_in_range(ts: dt.datetime | int | float) -> bool:
+    if isinstance(ts, dt.datetime):
+        return 0 <= datetime_to_ms(ts) <= MAX_TS_MS
+    return 0 <= ts <= MAX_TS_SECONDS
+
+
+def ts_reason(item: HasCodeTs) -> str:
+    """BAD_TS for a decoded `ts` outside 1970..9999 UTC (only an RFC 3339 time
+    with an offset can get there past the decoder), else ""."""
+    return "" if _ts_in_range(item.ts) else Reason.BAD_TS
+
+
+def cap_text(value: Any, limit: int) -> str | None:
+    """`value` if it is text, cut to `limit` characters, control characters removed."""
     if not isinstance(value, str):
         return None
-    return _CONTROL.sub("", value[:limit]) or None
+    return _CONTROL.sub("", value)[:limit] or None
 
 
 def ts_to_ms(ts: dt.datetime | int | float) -> int:
@@ -107,7 +190,9 @@ def ts_to_ms(ts: dt.datetime | int | float) -> int:
         return datetime_to_ms(ts)
     if isinstance(ts, int):
         return ts * 1000
-    return math.floor(ts * 1000)
+    # In decimal, as written: in binary 1098023119.123 * 1000 is
+    # 1098023119122.9999, which must still be millisecond ...123.
+    return math.floor(Decimal(repr(ts)) * 1000)
 
 
 def new_hit_id() -> str:
@@ -121,31 +206,33 @@ def excerpt(line: bytes, limit: int = 200) -> str:
     return _CONTROL.sub("\N{REPLACEMENT CHARACTER}", text)
 
 
-_ANY_TS = msgspec.json.Decoder(_TS)
-_ANY_ID = msgspec.json.Decoder(_HitId)
+class _CodeOnly(msgspec.Struct):
+    code: Code
+
+
+class _CodeTsOnly(msgspec.Struct):
+    code: Code
+    ts: _TS
 
 
 def classify(line: bytes) -> str:
-    """The reason a complete line (without its newline) is rejected, or ""."""
+    """The reason a complete line (without its newline) is rejected, or "".
+
+    The same msgspec decoders that accept lines decide, field by field in a
+    fixed order (code, then ts, then id), so a reason can never disagree with
+    the decoder, duplicate keys included.
+    """
     if len(line) > MAX_LINE_BYTES:
         return Reason.TOO_LONG
-    try:
-        obj = msgspec.json.decode(line)
-    except msgspec.DecodeError:
-        return Reason.NOT_JSON
-    if not isinstance(obj, dict):
-        return Reason.NOT_OBJECT
-    code = obj.get("code")
-    if not isinstance(code, str) or not _CODE_RE.fullmatch(code):
-        return Reason.BAD_CODE
-    for decoder, key, reason in ((_ANY_TS, "ts", Reason.BAD_TS), (_ANY_ID, "id", Reason.BAD_ID)):
-        value = obj.get(key)
-        if key == "id" and value is None:
-            continue
+    for decoder, reason in _STAGES:
         try:
-            decoder.decode(msgspec.json.encode(value))
-        except msgspec.ValidationError:
-            return reason
+            item = decoder.decode(line)
+        except msgspec.ValidationError as e:
+            return Reason.NOT_OBJECT if str(e).startswith("Expected `object`") else reason
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return Reason.NOT_JSON
+        if reason == Reason.BAD_TS and ts_reason(item):
+            return Reason.BAD_TS
     return ""
 
 
@@ -155,12 +242,18 @@ def to_hit(wire: WireHit) -> Hit:
         id=wire.id or new_hit_id(),
         ts_ms=ts_to_ms(wire.ts),
         code=wire.code,
-        country=_cap(wire.country, 8),
-        ua_hash=_cap(wire.ua_hash, FIELD_CAP),
-        referrer=_cap(wire.referrer, REFERRER_CAP),
-        ip_prefix=_cap(wire.ip_prefix, 64),
+        country=cap_text(wire.country, 8),
+        ua_hash=cap_text(wire.ua_hash, FIELD_CAP),
+        referrer=cap_text(wire.referrer, REFERRER_CAP),
+        ip_prefix=cap_text(wire.ip_prefix, 64),
     )
 
 
 WIRE_HIT_DECODER: Final = msgspec.json.Decoder(WireHit)
 WIRE_CODE_TS_DECODER: Final = msgspec.json.Decoder(WireCodeTs)
+_STAGES: Final[tuple[tuple[msgspec.json.Decoder[Any], str], ...]] = (
+    (msgspec.json.Decoder(_CodeOnly), Reason.BAD_CODE),
+    (msgspec.json.Decoder(_CodeTsOnly), Reason.BAD_TS),
+    (WIRE_HIT_DECODER, Reason.BAD_ID),
+)
+LENIENT_CODE_TS_DECODER: Final = msgspec.json.Decoder(LenientCodeTs)

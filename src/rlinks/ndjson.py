@@ -8,7 +8,7 @@ by line to find each bad line's position and reason.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Generic, TypeVar
 
@@ -17,6 +17,7 @@ import msgspec
 from rlinks.hits import MAX_LINE_BYTES, Quarantined, Reason, classify, excerpt
 
 CHUNK_BYTES = 4 * 1024 * 1024
+LONG_LINE_EDGE = 64 * 1024
 
 W = TypeVar("W")
 
@@ -35,6 +36,8 @@ class LineChunk:
     byte_offset: int
     too_long: bool = False
     skipped: int = 0  # bytes of the over-long line, newline included
+    # Its first and last LONG_LINE_EDGE bytes, for callers that fingerprint input.
+    edges: tuple[bytes, bytes] = (b"", b"")
 
     @property
     def end_offset(self) -> int:
@@ -56,36 +59,56 @@ def read_chunks(
     buf = b""
     line = first_line
     offset = byte_offset
-    skipping = 0  # bytes of an over-long line skipped so far
+    long_line: _LongLine | None = None  # an over-long line being skipped
     while True:
         block = stream.read(chunk_bytes)
         if not block:
             return  # whatever is left in buf (or being skipped) is an incomplete tail
-        if skipping:
+        if long_line is not None:
             nl = block.find(b"\n")
+            long_line.skip(block if nl < 0 else block[: nl + 1])
             if nl < 0:
-                skipping += len(block)
                 continue
-            skipping += nl + 1
-            yield LineChunk(b"", 1, line, offset, too_long=True, skipped=skipping)
+            yield long_line.chunk(line, offset)
             line += 1
-            offset += skipping
-            skipping = 0
+            offset += long_line.size
+            long_line = None
             block = block[nl + 1 :]
         buf += block
         cut = buf.rfind(b"\n")
-        if cut < 0:
-            if len(buf) > MAX_LINE_BYTES:
-                skipping = len(buf)
-                buf = b""
-            continue
-        data, buf = buf[: cut + 1], buf[cut + 1 :]
-        n = data.count(b"\n")
-        yield LineChunk(data, n, line, offset)
-        line += n
-        offset += len(data)
+        if cut >= 0:
+            data, buf = buf[: cut + 1], buf[cut + 1 :]
+            n = data.count(b"\n")
+            yield LineChunk(data, n, line, offset)
+            line += n
+            offset += len(data)
         if len(buf) > MAX_LINE_BYTES:
-            skipping, buf = len(buf), b""
+            long_line, buf = _LongLine(buf), b""
+
+
+class _LongLine:
+    """An over-long line: its size and its first and last bytes, not the rest."""
+
+    def __init__(self, start: bytes) -> None:
+        self.size = len(start)
+        self.head = start[:LONG_LINE_EDGE]
+        self.tail = start[-LONG_LINE_EDGE:]
+
+    def skip(self, data: bytes) -> None:
+        self.size += len(data)
+        self.tail = (self.tail + data[-LONG_LINE_EDGE:])[-LONG_LINE_EDGE:]
+
+    def chunk(self, line: int, offset: int) -> LineChunk:
+        return LineChunk(
+            b"", 1, line, offset, too_long=True, skipped=self.size, edges=(self.head, self.tail)
+        )
+
+
+def _one_value_per_line(data: bytes, lines: int) -> bool:
+    """True if every line starts with `{`. Then none is blank (decode_lines
+    would skip it, but it must be quarantined), so as many values as lines
+    means exactly one per line. Other chunks go line by line."""
+    return data[:1] == b"{" and data.count(b"\n{") == lines - 1
 
 
 @dataclass
@@ -96,22 +119,35 @@ class Decoded(Generic[W]):
     quarantined: list[Quarantined]
 
 
-def decode_chunk(chunk: LineChunk, decoder: msgspec.json.Decoder[W]) -> Decoded[W]:
-    """Decode a chunk in one call; only a chunk with a bad line goes line by line."""
+def decode_chunk(
+    chunk: LineChunk,
+    decoder: msgspec.json.Decoder[W],
+    *,
+    by_line: bool = False,
+    accept: Callable[[W], str] | None = None,
+) -> Decoded[W]:
+    """Decode a chunk in one call; only a chunk with a bad line (or `by_line`)
+    goes line by line. `accept(item)` returns a quarantine reason for a rule
+    the decoder cannot express, or ""."""
     if chunk.too_long:
         q = Quarantined(chunk.first_line, chunk.byte_offset, Reason.TOO_LONG, "")
         return Decoded([], [q])
     lines = chunk.data.split(b"\n")
     lines.pop()  # the empty string after the final newline
-    if max(map(len, lines)) <= MAX_LINE_BYTES:
+    if (
+        not by_line
+        and _one_value_per_line(chunk.data, chunk.lines)
+        and max(map(len, lines)) <= MAX_LINE_BYTES
+    ):
         try:
             items = decoder.decode_lines(chunk.data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, UnicodeDecodeError):
             pass
         else:
-            # decode_lines skips blank lines, which are quarantined ("not json"),
-            # so a count mismatch sends the chunk down the line-by-line path.
-            if len(items) == chunk.lines:
+            # Every line holds at least one value (none is blank), so as many
+            # values as lines means exactly one per line: `{..}{..}` on a line
+            # cannot pass as two hits.
+            if len(items) == chunk.lines and (accept is None or not any(map(accept, items))):
                 return Decoded(items, [])
     out = Decoded[W]([], [])
     offset = chunk.byte_offset
@@ -119,9 +155,13 @@ def decode_chunk(chunk: LineChunk, decoder: msgspec.json.Decoder[W]) -> Decoded[
         try:
             if len(raw) > MAX_LINE_BYTES:
                 raise msgspec.ValidationError
-            out.items.append(decoder.decode(raw))
-        except (msgspec.DecodeError, msgspec.ValidationError):
+            item = decoder.decode(raw)
+            reason = accept(item) if accept is not None else ""
+        except (msgspec.DecodeError, UnicodeDecodeError):
             reason = classify(raw) or Reason.NOT_JSON  # defensive: never unlabelled
+        if reason:
             out.quarantined.append(Quarantined(chunk.first_line + i, offset, reason, excerpt(raw)))
+        else:
+            out.items.append(item)
         offset += len(raw) + 1
     return out

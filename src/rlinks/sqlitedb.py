@@ -9,6 +9,7 @@ from typing import Literal
 from rlinks.errors import ConfigError
 
 BUSY_TIMEOUT_MS = 10_000
+CACHE_KIB = 16 * 1024  # per connection; the default 2 MiB makes stats upserts miss
 
 
 def connect(
@@ -27,6 +28,7 @@ def connect(
     except sqlite3.OperationalError as e:
         raise ConfigError(f"cannot open {path}: {e}") from e
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous}")

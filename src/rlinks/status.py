@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from rlinks.log.base import HitLog
-from rlinks.store.base import StatsStore
+from rlinks.log.base import HitLog, partition_of
+from rlinks.store.base import Snapshot, StatsStore
+from rlinks.timefmt import format_ms
 
 
 @dataclass(frozen=True)
@@ -48,3 +50,37 @@ def read_status(log: HitLog, store: StatsStore) -> list[PartitionStatus]:
             )
         )
     return out
+
+
+def freshness(parts: list[PartitionStatus]) -> dict[str, Any]:
+    """How fresh stats reads are: "as of" (event time), lag in hits and seconds."""
+    as_of = [p.as_of_ms for p in parts if p.as_of_ms is not None]
+    return {
+        "as_of": format_ms(min(as_of)) if as_of else None,
+        "lag_hits": sum(p.lag_hits for p in parts),
+        "lag_s": round(max((p.lag_s for p in parts), default=0.0), 3),
+    }
+
+
+def snapshot_json(s: Snapshot) -> dict[str, Any]:
+    return {
+        "hits": s.hits,
+        "first_hit": format_ms(s.first_ms),
+        "last_hit": format_ms(s.last_ms),
+        "daily": s.daily,
+    }
+
+
+def code_stats(log: HitLog, store: StatsStore, code: str) -> dict[str, Any]:
+    """One code's snapshot (zero if never hit) with the freshness of its partition."""
+    snap = store.snapshot(code)
+    part = read_status(log, store)[partition_of(code, log.partitions)]
+    return {
+        "code": code,
+        **(
+            snapshot_json(snap)
+            if snap
+            else {"hits": 0, "first_hit": None, "last_hit": None, "daily": {}}
+        ),
+        **freshness([part]),
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 
 MS_PER_DAY = 86_400_000
@@ -27,6 +28,7 @@ def datetime_to_ms(value: dt.datetime) -> int:
     return (value - _EPOCH) // _ONE_MS
 
 
+@functools.lru_cache(maxsize=4096)
 def day_to_iso(day: int) -> str:
     """`YYYY-MM-DD` for a day number (days since 1970-01-01, UTC)."""
     return (_EPOCH + dt.timedelta(days=day)).strftime("%Y-%m-%d")

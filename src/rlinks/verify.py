@@ -8,7 +8,7 @@ contract says exactly those are counted, once.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from rlinks.log.base import HitLog
@@ -19,7 +19,7 @@ from rlinks.timefmt import MS_PER_DAY, day_to_iso
 @dataclass
 class Recount:
     hits: Counter[str] = field(default_factory=Counter)
-    daily: Counter[tuple[str, str]] = field(default_factory=Counter)
+    daily: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     first: dict[str, int] = field(default_factory=dict)
     last: dict[str, int] = field(default_factory=dict)
 
@@ -32,7 +32,7 @@ def recount(log: HitLog, upto: dict[int, int]) -> Recount:
             if offset > limit:
                 break
             rc.hits[hit.code] += 1
-            rc.daily[hit.code, day_to_iso(hit.ts_ms // MS_PER_DAY)] += 1
+            rc.daily[hit.code][day_to_iso(hit.ts_ms // MS_PER_DAY)] += 1
             rc.first[hit.code] = min(rc.first.get(hit.code, hit.ts_ms), hit.ts_ms)
             rc.last[hit.code] = max(rc.last.get(hit.code, hit.ts_ms), hit.ts_ms)
     return rc
@@ -56,7 +56,7 @@ def differences(log: HitLog, store: StatsStore) -> list[str]:
             out.append(f"{code}: stats say {snap.hits} hits, the log has {rc.hits[code]}")
         if snap.first_ms != rc.first[code] or snap.last_ms != rc.last[code]:
             out.append(f"{code}: first/last hit differ from the log's")
-        days = {d: n for (c, d), n in rc.daily.items() if c == code}
+        days = dict(rc.daily[code])
         if snap.daily != days:
             out.append(f"{code}: per-day counts {snap.daily} differ from the log's {days}")
     return out

@@ -19,12 +19,12 @@ from rlinks.batch import Batch
 from rlinks.cli.common import data_option, err, json_option, out, print_json, reports_errors
 from rlinks.errors import ConfigError
 from rlinks.file_aggregate import aggregate_file
-from rlinks.hits import WIRE_HIT_DECODER, to_hit
+from rlinks.hits import WIRE_HIT_DECODER, to_hit, ts_reason
 from rlinks.ndjson import decode_chunk, read_chunks
 from rlinks.sample import write_sample
 from rlinks.settings import DEFAULT_MAX_BATCH, DEFAULT_WINDOW_S, Settings
-from rlinks.status import PartitionStatus, read_status
-from rlinks.store.base import Snapshot
+from rlinks.status import freshness, read_status, snapshot_json
+from rlinks.store.kvmodel import KvCallLedger
 from rlinks.timefmt import format_lag, format_ms
 from rlinks.verify import differences
 
@@ -89,7 +89,7 @@ def ingest_stream(
     appended = duplicates = quarantined = without_id = 0
     with _byte_progress(f"ingest {src}", size) as (progress, task):
         for chunk in read_chunks(stream):
-            got = decode_chunk(chunk, WIRE_HIT_DECODER)
+            got = decode_chunk(chunk, WIRE_HIT_DECODER, accept=ts_reason)
             without_id += sum(1 for w in got.items if w.id is None)
             positions = log.append([to_hit(w) for w in got.items])
             dup = sum(p.duplicate for p in positions)
@@ -279,30 +279,13 @@ def _aggregate(settings: Settings, *, once: bool) -> Counters:
         progress.stop()
     err.print(
         f"read {counters.hits_read:,} hits in {counters.batches:,} batches, "
-        f"{counters.kv_writes:,} KV writes; lag {counters.lag_hits:,} hits"
+        f"{counters.kv_writes:,} KV writes; lag {counters.lag_hits:,} hits; "
+        f"{counters.quarantined:,} records in quarantine"
     )
     return counters
 
 
 # -- reading -----------------------------------------------------------------------
-
-
-def _freshness(parts: list[PartitionStatus]) -> dict[str, Any]:
-    as_of = [p.as_of_ms for p in parts if p.as_of_ms is not None]
-    return {
-        "as_of": format_ms(min(as_of)) if as_of else None,
-        "lag_hits": sum(p.lag_hits for p in parts),
-        "lag_s": round(max((p.lag_s for p in parts), default=0.0), 3),
-    }
-
-
-def _snapshot_json(s: Snapshot) -> dict[str, Any]:
-    return {
-        "hits": s.hits,
-        "first_hit": format_ms(s.first_ms),
-        "last_hit": format_ms(s.last_ms),
-        "daily": s.daily,
-    }
 
 
 @cli.command()
@@ -325,14 +308,14 @@ def stats(data_dir: Path, code: str | None, limit: int, as_json: bool) -> None:
 def print_stats(data_dir: Path, *, code: str | None, limit: int, as_json: bool) -> None:
     log = open_log(data_dir, create=False)
     store = open_store(data_dir)
-    fresh = _freshness(read_status(log, store))
+    fresh = freshness(read_status(log, store))
     if code is not None:
         snap = store.snapshot(code)
         snaps = [snap] if snap else []
     else:
         snaps = list(store.snapshots())
     if as_json:
-        print_json({**fresh, "stats": {s.code: _snapshot_json(s) for s in snaps}})
+        print_json({**fresh, "stats": {s.code: snapshot_json(s) for s in snaps}})
         return
     if code is not None and not snaps:
         out.print(f"no hits counted for {code!r} (as of {fresh['as_of'] or 'never'})")
@@ -363,9 +346,13 @@ def status(data_dir: Path, as_json: bool) -> None:
     store = open_store(data_dir)
     parts = read_status(log, store)
     quarantined = log.quarantined()
+    ledger = KvCallLedger(data_dir)
+    kv = ledger.totals()
+    ledger.close()
     if as_json:
         print_json(
             {
+                "kv_calls": kv.__dict__,
                 "partitions": [
                     {
                         **p.__dict__,
@@ -396,6 +383,12 @@ def status(data_dir: Path, as_json: bool) -> None:
     for name, values in rows.items():
         table.add_row(name, *values)
     out.print(table)
+    if kv.reads or kv.writes:
+        out.print(
+            f"server KV calls (remote-KV model): {kv.reads:,} reads, {kv.writes:,} writes, "
+            f"{kv.key_rate_violations:,} writes to a key within 1 s of the last, "
+            f"{kv.failures:,} failures"
+        )
 
 
 @cli.command()
@@ -442,3 +435,7 @@ def verify(data_dir: Path) -> None:
 def sample(n: int, codes: int, s: float, seed: int, out_file: Any) -> None:
     """Write N sample hits as NDJSON (for demos and benchmarks)."""
     write_sample(out_file, n, codes=codes, s=s, seed=seed)
+
+
+if __name__ == "__main__":
+    main()

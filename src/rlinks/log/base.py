@@ -67,8 +67,12 @@ class HitLog(Protocol):
     @property
     def partitions(self) -> int: ...
 
-    def append(self, hits: Sequence[Hit]) -> list[Position]:
-        """Log `hits` atomically; positions in input order, duplicates flagged."""
+    def append(self, hits: Sequence[Hit], *, fresh_ids: bool = False) -> list[Position]:
+        """Log `hits` atomically; positions in input order, duplicates flagged.
+
+        `fresh_ids`: the caller has just made every id (UUIDv7, as the server
+        does), so none can be logged already and the lookup is skipped.
+        """
         ...
 
     def read(self, partition: int, after_offset: int, limit: int) -> LogSlice:

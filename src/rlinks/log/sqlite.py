@@ -71,7 +71,7 @@ class SqliteHitLog:
         path = Path(data_dir) / HITS_FILE
         if not readonly:
             Path(data_dir).mkdir(parents=True, exist_ok=True)
-        self._conn = connect(path, synchronous="FULL", readonly=readonly)
+        self._conn = connect(path, synchronous="NORMAL", readonly=readonly)
         if not readonly:
             self._conn.executescript(_SCHEMA)
             with Transaction(self._conn) as c:
@@ -93,13 +93,13 @@ class SqliteHitLog:
 
     # -- appending -------------------------------------------------------------
 
-    def append(self, hits: Sequence[Hit]) -> list[Position]:
+    def append(self, hits: Sequence[Hit], *, fresh_ids: bool = False) -> list[Position]:
         if not hits:
             return []
         positions: list[Position | None] = [None] * len(hits)
         repeats: list[tuple[int, int]] = []  # (index, index of the first with that id)
         with Transaction(self._conn) as c:
-            known = self._logged_ids(c, [h.id for h in hits])
+            known = {} if fresh_ids else self._logged_ids(c, [h.id for h in hits])
             fresh: dict[int, list[int]] = {}  # partition -> input indexes, in order
             first_seen: dict[str, int] = {}
             for i, h in enumerate(hits):
@@ -116,6 +116,7 @@ class SqliteHitLog:
                 logged = self._append_partition(c, partition, block_hits, code_ids)
                 for i, logged_at in zip(indexes, logged, strict=True):
                     positions[i] = logged_at
+        self._code_ids = code_ids  # committed: the new ids are real now
         for i, first in repeats:
             original = positions[first]
             if original is not None:
@@ -175,16 +176,21 @@ class SqliteHitLog:
         return found
 
     def _intern(self, c: sqlite3.Connection, codes: set[str]) -> dict[str, int]:
+        """Ids for `codes`, adding new ones to the code table in this transaction.
+
+        New ids join the cache only once the transaction commits (see append):
+        a rolled-back id may be given to another code later.
+        """
         missing = [code for code in codes if code not in self._code_ids]
-        if missing:
-            c.executemany("INSERT OR IGNORE INTO codes (code) VALUES (?)", [(m,) for m in missing])
-            for k in range(0, len(missing), _ID_LOOKUP_CHUNK):
-                part = missing[k : k + _ID_LOOKUP_CHUNK]
-                marks = ",".join("?" * len(part))
-                self._code_ids.update(
-                    c.execute(f"SELECT code, code_id FROM codes WHERE code IN ({marks})", part)
-                )
-        return self._code_ids
+        if not missing:
+            return self._code_ids
+        c.executemany("INSERT OR IGNORE INTO codes (code) VALUES (?)", [(m,) for m in missing])
+        ids = dict(self._code_ids)
+        for k in range(0, len(missing), _ID_LOOKUP_CHUNK):
+            part = missing[k : k + _ID_LOOKUP_CHUNK]
+            marks = ",".join("?" * len(part))
+            ids.update(c.execute(f"SELECT code, code_id FROM codes WHERE code IN ({marks})", part))
+        return ids
 
     # -- reading ---------------------------------------------------------------
 

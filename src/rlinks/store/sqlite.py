@@ -85,7 +85,8 @@ class SqliteStatsStore:
             c.executemany(_UPSERT, batch.deltas)
             # Step 3. Move the watermark in the same transaction.
             c.execute(
-                "UPDATE watermarks SET offset = ?, as_of_ms = max(coalesce(as_of_ms, ?), ?),"
+                "UPDATE watermarks SET offset = ?,"
+                " as_of_ms = coalesce(max(coalesce(as_of_ms, ?), ?), as_of_ms),"
                 " flushed_at_ms = ?, batches = batches + 1, hits = hits + ?,"
                 " kv_writes = kv_writes + ? WHERE partition = ?",
                 (
@@ -106,7 +107,9 @@ class SqliteStatsStore:
         row = c.execute(
             "SELECT offset, epoch FROM watermarks WHERE partition = ?", (batch.partition,)
         ).fetchone()
-        offset, epoch = row if row else (0, 0)
+        if row is None:
+            raise StaleEpochError(batch.partition, batch.epoch, 0, acquired=False)
+        offset, epoch = row
         if batch.epoch != epoch:
             raise StaleEpochError(batch.partition, batch.epoch, epoch)
         if batch.start != offset:
