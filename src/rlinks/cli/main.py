@@ -10,6 +10,7 @@ import click
 from rlinks import __version__
 from rlinks.cli.bh2 import aggregate_now, ingest_stream, print_stats
 from rlinks.cli.common import data_option, err, reports_errors
+from rlinks.cli.links import links
 from rlinks.sample import write_sample
 from rlinks.settings import Settings
 from rlinks.timefmt import format_lag
@@ -26,6 +27,9 @@ def cli() -> None:
 
 def main() -> None:
     cli(prog_name="rlinks")
+
+
+cli.add_command(links)
 
 
 @cli.command()
