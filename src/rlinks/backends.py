@@ -12,9 +12,11 @@ from rlinks.store.sqlite import SqliteStatsStore
 
 
 def open_log(data_dir: Path, *, create: bool = True) -> HitLog:
+    """The log, made if missing (`create`), else opened read-only: readers
+    (the aggregator, stats, status, verify, /metrics) never take a write lock."""
     if not create:
         _require(data_dir / HITS_FILE)
-    return SqliteHitLog(data_dir)
+    return SqliteHitLog(data_dir, readonly=not create)
 
 
 def open_store(data_dir: Path) -> StatsStore:

@@ -11,6 +11,7 @@ from rlinks import __version__
 from rlinks.cli.bh2 import aggregate_now, ingest_stream, print_stats
 from rlinks.cli.common import data_option, err, reports_errors
 from rlinks.cli.links import links
+from rlinks.cli.serve import serve
 from rlinks.sample import write_sample
 from rlinks.settings import Settings
 from rlinks.timefmt import format_lag
@@ -30,6 +31,7 @@ def main() -> None:
 
 
 cli.add_command(links)
+cli.add_command(serve)
 
 
 @cli.command()

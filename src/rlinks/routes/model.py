@@ -20,7 +20,7 @@ SCHEMA_VERSION: Final = 1
 Status = Literal["active", "disabled"]
 
 
-class Rules(msgspec.Struct, frozen=True, kw_only=True):
+class Rules(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How a route may redirect.
 
     `https_only`: the target must be https. `no_loop`: the target must not point
@@ -33,7 +33,7 @@ class Rules(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: str | None = None
 
 
-class Meta(msgspec.Struct, frozen=True, kw_only=True):
+class Meta(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Notes and tags for people; never read on the redirect path."""
 
     notes: str | None = None

@@ -1,0 +1,210 @@
+"""The ASGI application: redirects, health, metrics and the admin API.
+
+A plain ASGI callable rather than a framework: the redirect path is one dict
+lookup, one route read (usually cached), one hit hand-off and one response, and
+nothing else runs per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import socket
+import sqlite3
+from pathlib import Path
+
+from rlinks.backends import open_log
+from rlinks.errors import KvUnavailableError
+from rlinks.hits import CODE_PATTERN
+from rlinks.routes.resolve import resolve
+from rlinks.routes.store import SqliteRouteStore
+from rlinks.server.admin import AdminApi
+from rlinks.server.capture import CaptureConfig, build_hit
+from rlinks.server.config import ServeConfig, hit_salt
+from rlinks.server.hitwriter import HitWriter
+from rlinks.server.metrics import CONTENT_TYPE, ServerMetrics, render
+from rlinks.server.responses import (
+    Receive,
+    Scope,
+    Send,
+    send_error,
+    send_json,
+    send_redirect,
+    send_response,
+)
+from rlinks.server.routecache import RouteCache
+from rlinks.server.sinks import HitSink, KvSink
+from rlinks.store.kvmodel import KvCallLedger, RemoteKV, SqliteKeyValue
+from rlinks.timefmt import now_ms
+
+log = logging.getLogger(__name__)
+_CODE_RE = re.compile(CODE_PATTERN)
+_STORE_DOWN = (sqlite3.Error, KvUnavailableError, OSError)
+
+
+class RlinksApp:
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.data_dir = Path(config.data_dir)
+        self.metrics = ServerMetrics()
+        self.kv = RemoteKV(latency_ms=config.kv_latency_ms, on_call=self._count_kv)
+        self.routes = SqliteRouteStore(self.data_dir)
+        self.route_cache = RouteCache(self.routes.get, self.kv, ttl_s=config.route_cache_s)
+        self.capture = CaptureConfig(
+            salt=hit_salt(self.data_dir),
+            country_header=config.country_header.lower().encode()
+            if config.country_header
+            else None,
+            trust_proxy=config.trust_proxy,
+        )
+        self.sink: HitSink | None = None
+        if config.hits == "append":
+            self.sink = HitWriter(
+                lambda: open_log(self.data_dir),
+                durable=config.durability == "commit",
+                queue_max=config.queue_max,
+                on_commit=self._count_commit,
+                on_failure=self.metrics.hits_failed.inc,
+            )
+        elif config.hits == "kv":
+            self.sink = KvSink(self.kv, lambda: SqliteKeyValue(self.data_dir))
+        self.admin = AdminApi(self) if config.admin_token else None
+        self._ledger = KvCallLedger(self.data_dir)
+        self._process = f"{socket.gethostname()}:{os.getpid()}:{now_ms()}"
+        self._ledger_task: asyncio.Task[None] | None = None
+        self._public_hosts = tuple(h.lower() for h in config.public_hosts)
+
+    # -- ASGI --------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            status = await self._http(scope, receive, send)
+            self.metrics.requests.labels(str(status)).inc()
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    if self.sink is not None:
+                        await self.sink.start()
+                    self._ledger_task = asyncio.create_task(self._keep_ledger())
+                except Exception as e:
+                    await send({"type": "lifespan.startup.failed", "message": str(e)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.sink is not None:
+                    await self.sink.stop()
+                if self._ledger_task is not None:
+                    self._ledger_task.cancel()
+                self._record_ledger()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> int:
+        path: str = scope["path"]
+        try:
+            if path.startswith("/api/"):
+                if self.admin is None:
+                    await send_error(scope, send, 404, "not_found", "no such page")
+                    return 404
+                return await self.admin.handle(scope, receive, send)
+            if path == "/healthz":
+                await send_json(send, 200, {"status": "ok", "hits": self.config.hits})
+                return 200
+            if path == "/metrics":
+                body = render(os.environ["PROMETHEUS_MULTIPROC_DIR"], self.data_dir)
+                await send_response(send, 200, body, CONTENT_TYPE)
+                return 200
+            return await self._redirect(scope, send)
+        except _STORE_DOWN as e:
+            log.error("store unavailable on %s: %s", path, e)
+            await send_error(
+                scope,
+                send,
+                503,
+                "store_unavailable",
+                "the link store is unavailable; try again shortly",
+            )
+            return 503
+        except Exception:
+            log.exception("error on %s", path)
+            await send_error(scope, send, 500, "internal_error", "something went wrong")
+            return 500
+
+    # -- redirects ---------------------------------------------------------------
+
+    async def _redirect(self, scope: Scope, send: Send) -> int:
+        if scope["method"] not in ("GET", "HEAD"):
+            await send_error(scope, send, 405, "method_not_allowed", "only GET redirects")
+            return 405
+        code = scope["path"][1:]
+        if not _CODE_RE.fullmatch(code):
+            await send_error(scope, send, 404, "not_found", "no such link")
+            return 404
+        route = await self.route_cache.get(code)
+        now = now_ms()
+        res = resolve(route, now_ms=now, public_hosts=self._public_hosts)
+        if res.location is None:
+            await send_error(
+                scope, send, res.status, res.error or "error", res.message, {"code": code}
+            )
+            return res.status
+        if self.sink is not None:
+            hit = build_hit(code, scope["headers"], scope.get("client"), self.capture, now)
+            kept = await self.sink.record(hit)
+            if not kept and isinstance(self.sink, HitWriter) and not self.sink.durable:
+                self.metrics.hits_dropped.inc()  # the queue was full
+            elif not kept and isinstance(self.sink, HitWriter):
+                # The hit could not be made durable: do not redirect uncounted.
+                await send_error(
+                    scope,
+                    send,
+                    503,
+                    "store_unavailable",
+                    "the hit log is unavailable; try again shortly",
+                )
+                return 503
+        await send_redirect(send, self.config.redirect_status, res.location.encode())
+        return self.config.redirect_status
+
+    # -- metrics hooks -----------------------------------------------------------
+
+    async def _keep_ledger(self) -> None:
+        """Every second, save this process's KV call counts for `rlinks-bh2 status`."""
+        last = None
+        while True:
+            await asyncio.sleep(1.0)
+            now = (self.kv.calls.reads, self.kv.calls.writes)
+            if now != last:
+                self._record_ledger()
+                last = now
+
+    def _record_ledger(self) -> None:
+        try:
+            self._ledger.record(self._process, self.kv.calls)
+        except sqlite3.Error as e:  # figures only: never fail a request over them
+            log.warning("could not save KV call counts: %s", e)
+
+    def _count_kv(self, kind: str, violation: bool) -> None:
+        if kind == "read":
+            self.metrics.kv_reads.inc()
+        else:
+            self.metrics.kv_writes.inc()
+            if violation:
+                self.metrics.kv_key_rate_violations.inc()
+
+    def _count_commit(self, hits: int, seconds: float, depth: int) -> None:
+        self.metrics.hits_appended.inc(hits)
+        self.metrics.commit_seconds.observe(seconds)
+        self.metrics.queue_depth.set(depth)
+
+
+def create_app() -> RlinksApp:
+    """The uvicorn factory: each worker builds its app from RLINKS_SERVE_CONFIG."""
+    return RlinksApp(ServeConfig.from_env())

@@ -1,0 +1,91 @@
+"""Answers the server sends: redirects, JSON, and errors as an envelope or a page.
+
+Errors are `{"error": {"code", "status", "message", "details", "ts"}}` when the
+client prefers JSON, a small HTML page otherwise; never a stack trace.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+
+from rlinks.timefmt import format_ms, now_ms
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_JSON = msgspec.json.Encoder()
+_NO_STORE = (b"cache-control", b"no-store")
+
+
+async def send_response(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_redirect(send: Send, status: int, location: bytes) -> None:
+    # no-store: a cached redirect would hide repeat clicks from the counts.
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"location", location), (b"content-length", b"0"), _NO_STORE],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def send_json(send: Send, status: int, value: Any) -> None:
+    await send_response(send, status, _JSON.encode(value), b"application/json", [_NO_STORE])
+
+
+def prefers_json(scope: Scope) -> bool:
+    if scope["path"].startswith("/api/"):
+        return True
+    for name, value in scope["headers"]:
+        if name == b"accept":
+            accept = value.lower()
+            return b"application/json" in accept and b"text/html" not in accept
+    return False
+
+
+async def send_error(
+    scope: Scope,
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+) -> None:
+    if prefers_json(scope):
+        envelope = {
+            "error": {
+                "code": code,
+                "status": status,
+                "message": message,
+                "details": details or {},
+                "ts": format_ms(now_ms()),
+            }
+        }
+        await send_json(send, status, envelope)
+        return
+    page = (
+        "<!doctype html><html><head><meta charset=utf-8>"
+        f"<title>{status} {html.escape(code)}</title></head><body>"
+        f"<h1>{status}</h1><p>{html.escape(message)}</p></body></html>"
+    ).encode()
+    await send_response(send, status, page, b"text/html; charset=utf-8", [_NO_STORE])

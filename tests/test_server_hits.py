@@ -1,0 +1,337 @@
+"""Hits recorded by the real `rlinks serve`: privacy, exact counts end to end, the
+hit modes, and no redirected hit lost to a SIGKILL."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from rlinks.hits import Hit
+from rlinks.log.sqlite import SqliteHitLog
+from rlinks.routes.model import Route
+from rlinks.routes.store import SqliteRouteStore
+from tests.conftest import BH2, RLINKS, run_cli
+from tests.server_helpers import (
+    Server,
+    bh2_json,
+    kv_value,
+    log_counts,
+    log_end,
+    put_route,
+    running_server,
+    wait_for,
+    wait_for_lag_zero,
+)
+
+TOKEN = "hits-admin-token"
+UA = "Mozilla/5.0 (X11; Linux) UA-SECRET-12345"
+CLIENT_V4 = "203.0.113.77"
+FORGED_V4 = "198.51.100.9"
+CLIENT_V6 = "2001:db8:abcd:1234::77"
+N_HITS = 2000
+N_CODES = 50
+THREADS = 8
+
+
+def put_routes(data: Path, codes: list[str]) -> None:
+    """Store one route per code in a single store connection."""
+    store = SqliteRouteStore(data)
+    try:
+        for code in codes:
+            store.put(Route.new(code, f"https://example.com/{code}"), "tester")
+    finally:
+        store.close()
+
+
+def records(data: Path) -> list[Hit]:
+    """Every hit in the log, in log order (read through a new read-only connection)."""
+    log = SqliteHitLog(data, readonly=True)
+    try:
+        return [h for p in range(log.partitions) for _, h in log.records(p)]
+    finally:
+        log.close()
+
+
+def hammer(
+    server: Server, paths: list[str], threads: int, headers: dict[str, str] | None = None
+) -> Counter[tuple[int, str]]:
+    """GET every path once over `threads` keep-alive connections; (status, code) counts."""
+    results: list[Counter[tuple[int, str]]] = [Counter() for _ in range(threads)]
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        conn = server.connection(timeout=15)
+        try:
+            for path in paths[k::threads]:
+                conn.request("GET", path, headers=headers or {})
+                resp = conn.getresponse()
+                resp.read()
+                results[k][resp.status, path[1:]] += 1
+        except BaseException as e:  # reported below, in the test's thread
+            errors.append(e)
+        finally:
+            conn.close()
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    assert not any(w.is_alive() for w in workers), "a client thread hung"
+    assert not errors, errors
+    return sum(results, Counter())
+
+
+def scan(data: Path, needles: list[bytes]) -> dict[bytes, list[str]]:
+    """Which files under `data` contain each needle (raw bytes, any file)."""
+    found: dict[bytes, list[str]] = {n: [] for n in needles}
+    files = [p for p in data.rglob("*") if p.is_file()]
+    assert files, f"nothing to scan under {data}"
+    for path in files:
+        blob = path.read_bytes()
+        for n in needles:
+            if n in blob or n.lower() in blob.lower():
+                found[n].append(path.name)
+    return found
+
+
+# -- privacy --------------------------------------------------------------------------
+
+
+def test_hits_keep_no_raw_address_or_user_agent(tmp_path: Path) -> None:
+    """Hits keep only IP prefixes, a UA hash, country and a capped referrer; no raw UA or IP."""
+    data = tmp_path / "data"
+    put_route(data, "priv", "https://example.com/private")
+    referrer = "https://ref.example/" + "r" * 1000
+    with running_server(data, "--trust-proxy", "--window", "0.2") as s:
+        r1 = s.get(
+            "/priv",
+            **{
+                "User-Agent": UA,
+                "X-Forwarded-For": CLIENT_V4,
+                "CF-IPCountry": "de",
+                "Referer": referrer,
+            },
+        )
+        r2 = s.get("/priv", **{"User-Agent": UA, "X-Forwarded-For": f"{FORGED_V4}, {CLIENT_V6}"})
+        r3 = s.get("/priv")
+        assert [r.status for r in (r1, r2, r3)] == [302, 302, 302]
+        wait_for_lag_zero(data, 3)  # the stats are in kv.db too now
+
+        h1, h2, h3 = records(data)
+        assert h1.code == h2.code == h3.code == "priv"
+        assert h1.ip_prefix == "203.0.113.0/24"
+        assert h1.country == "DE"
+        assert h1.referrer == referrer[:512] and len(h1.referrer) == 512
+        assert h1.ua_hash is not None and len(h1.ua_hash) == 16
+        assert UA not in h1.ua_hash
+        # The proxy we trust appends last: the client-supplied left part is ignored.
+        assert h2.ip_prefix == "2001:db8:abcd::/48"
+        assert h2.ua_hash == h1.ua_hash  # same agent, same hash: countable, not readable
+        assert (h2.country, h2.referrer) == (None, None)
+        assert h3.ip_prefix == "127.0.0.0/24"
+        assert (h3.ua_hash, h3.country, h3.referrer) == (None, None, None)
+
+        secrets = [
+            b"UA-SECRET-12345",
+            CLIENT_V4.encode(),
+            FORGED_V4.encode(),
+            b"2001:db8:abcd:1234",
+        ]
+        found = scan(data, [*secrets, b"203.0.113.0/24"])
+        assert found[b"203.0.113.0/24"], "the scan must see the logged prefix"
+        assert all(not found[n] for n in secrets), found
+        assert not any(n.decode() in s.stderr() for n in secrets), s.stderr()
+    found = scan(data, secrets)  # stopped: WAL checkpointed into the main files
+    assert all(not found[n] for n in secrets), found
+
+
+def test_forwarded_for_is_ignored_without_trust_proxy(tmp_path: Path) -> None:
+    """Without --trust-proxy a client's X-Forwarded-For does not choose its recorded prefix."""
+    data = tmp_path / "data"
+    put_route(data, "nofwd", "https://example.com/")
+    with running_server(data, "--no-aggregate") as s:
+        assert s.get("/nofwd", **{"X-Forwarded-For": CLIENT_V4}).status == 302
+        [hit] = records(data)
+        assert hit.ip_prefix == "127.0.0.0/24"
+
+
+# -- exact counts end to end ------------------------------------------------------------
+
+
+def codes_and_paths(prefix: str) -> tuple[list[str], list[str]]:
+    codes = [f"{prefix}-{i:02d}" for i in range(N_CODES)]
+    return codes, [f"/{codes[i % N_CODES]}" for i in range(N_HITS)]
+
+
+def test_commit_mode_counts_every_redirect_exactly(tmp_path: Path) -> None:
+    """2,000 concurrent redirects over 50 codes (commit): stats equal them exactly, verify OK."""
+    data = tmp_path / "data"
+    codes, paths = codes_and_paths("e2e")
+    put_routes(data, codes)
+    per_code = N_HITS // N_CODES
+    flags = ("--durability", "commit", "--window", "0.2")
+    with running_server(data, *flags, env={"RLINKS_ADMIN_TOKEN": TOKEN}) as s:
+        got = hammer(s, paths, THREADS)
+        assert got == Counter({(302, c): per_code for c in codes})
+        # commit mode: every answered redirect is already in the log
+        assert log_end(data) == N_HITS
+        m = s.metrics()
+        assert m["rlinks_hits_appended_total"] == N_HITS
+        assert m["rlinks_hits_dropped_total"] == 0 and m["rlinks_hits_failed_total"] == 0
+        assert m['rlinks_requests_total{status="302"}'] == N_HITS
+
+        wait_for_lag_zero(data, N_HITS)
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        for code in codes:
+            r = s.get(f"/api/links/{code}/stats", **auth)
+            assert r.status == 200, r.body
+            stats = r.json()
+            assert stats["hits"] == per_code, stats
+            assert sum(stats["daily"].values()) == per_code
+            assert stats["lag_hits"] == 0
+        assert s.metrics()['rlinks_aggregator_lag_hits{partition="0"}'] == 0
+
+        everything = bh2_json("stats", "--data", data)
+        assert {c: v["hits"] for c, v in everything["stats"].items()} == dict.fromkeys(
+            codes, per_code
+        )
+        assert everything["lag_hits"] == 0
+        one = run_cli("links", "stats", codes[7], "--data", data, "--json", exe=RLINKS)
+        assert one.returncode == 0, one.stderr
+        assert json.loads(one.stdout)["hits"] == per_code
+        verify = run_cli("verify", "--data", data, exe=BH2)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_async_mode_appends_every_redirect(tmp_path: Path) -> None:
+    """2,000 concurrent redirects (async): all are appended, none dropped, counts exact."""
+    data = tmp_path / "data"
+    codes, paths = codes_and_paths("asy")
+    put_routes(data, codes)
+    per_code = N_HITS // N_CODES
+    with running_server(data, "--durability", "async", "--window", "0.2") as s:
+        got = hammer(s, paths, THREADS)
+        assert got == Counter({(302, c): per_code for c in codes})
+        assert wait_for(lambda: log_end(data) >= N_HITS, timeout=15), log_end(data)
+        time.sleep(0.2)  # nothing more may arrive after the last one
+        assert log_end(data) == N_HITS
+        m = s.metrics()
+        assert m["rlinks_hits_dropped_total"] == 0
+        assert m["rlinks_hits_appended_total"] == N_HITS
+        assert log_counts(data) == dict.fromkeys(codes, per_code)
+        wait_for_lag_zero(data, N_HITS)
+        verify = run_cli("verify", "--data", data, exe=BH2)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+# -- the other hit modes ----------------------------------------------------------------
+
+
+def test_hits_off_records_nothing(tmp_path: Path) -> None:
+    """--hits off redirects but appends no hit and writes no stats."""
+    data = tmp_path / "data"
+    put_routes(data, ["off-a", "off-b"])
+    with running_server(data, "--hits", "off") as s:
+        assert s.get("/healthz").json()["hits"] == "off"
+        got = hammer(s, ["/off-a", "/off-b"] * 15, 2)
+        assert got == Counter({(302, "off-a"): 15, (302, "off-b"): 15})
+        m = s.metrics()
+        assert m["rlinks_hits_appended_total"] == 0
+        assert m["rlinks_kv_writes_total"] == 0
+        assert m['rlinks_requests_total{status="302"}'] == 30
+        assert log_end(data) == 0
+    assert log_end(data) == 0 and log_counts(data) == {}
+
+
+def test_hits_kv_writes_stats_per_hit(tmp_path: Path) -> None:
+    """--hits kv does a read and a write of the code's stats key per redirect, no log."""
+    data = tmp_path / "data"
+    want = {"kv-a": 10, "kv-b": 15, "kv-c": 5}
+    put_routes(data, list(want))
+    paths = [f"/{c}" for c, n in want.items() for _ in range(n)]
+    with running_server(data, "--hits", "kv") as s:
+        got = hammer(s, paths, 1)  # one client: the baseline's read-modify-write races
+        assert got == Counter({(302, c): n for c, n in want.items()})
+        m = s.metrics()
+        total = sum(want.values())
+        assert m["rlinks_kv_writes_total"] == total
+        assert m["rlinks_kv_reads_total"] >= total + len(want)  # stats reads + route reads
+        assert m["rlinks_hits_appended_total"] == 0
+        for code, n in want.items():
+            raw = kv_value(data, f"stats:{code}")
+            assert raw is not None, code
+            stats = json.loads(raw)
+            assert stats["hits"] == n and sum(stats["daily"].values()) == n, stats
+            assert stats["first_ms"] <= stats["last_ms"]
+        assert log_end(data) == 0
+
+
+# -- SIGKILL under load ----------------------------------------------------------------
+
+
+def test_sigkill_under_load_loses_no_redirected_hit(tmp_path: Path) -> None:
+    """SIGKILL of the server group mid-load (commit): every 302 received is in the log."""
+    data = tmp_path / "data"
+    codes = [f"kill-{i:02d}" for i in range(20)]
+    put_routes(data, codes)
+    sent: Counter[str] = Counter()
+    received: Counter[str] = Counter()
+    lock = threading.Lock()
+    stop = threading.Event()
+    with running_server(data, "--durability", "commit", "--window", "0.2") as s:
+
+        def client(k: int) -> None:
+            conn = s.connection(timeout=5)
+            try:
+                for i in range(20_000):  # bounded; the kill ends it much sooner
+                    if stop.is_set():
+                        return
+                    code = codes[(k * 7 + i) % len(codes)]
+                    with lock:
+                        sent[code] += 1
+                    conn.request("GET", f"/{code}")
+                    resp = conn.getresponse()
+                    resp.read()
+                    if resp.status == 302:
+                        with lock:
+                            received[code] += 1
+            except (OSError, http.client.HTTPException):
+                return  # the server is gone
+            finally:
+                conn.close()
+
+        workers = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+        for w in workers:
+            w.start()
+        assert wait_for(lambda: sum(received.values()) >= 1000, timeout=20), received
+        s.kill_group()  # SIGKILL the server and its aggregator mid-load
+        s.proc.wait(timeout=10)
+        time.sleep(0.2)
+        stop.set()
+        for w in workers:
+            w.join(timeout=10)
+        assert not any(w.is_alive() for w in workers)
+        assert s.proc.returncode == -9
+
+    logged = log_counts(data)
+    assert sum(received.values()) >= 1000
+    for code in codes:
+        assert received[code] <= logged.get(code, 0) <= sent[code], (
+            code,
+            received[code],
+            logged.get(code),
+            sent[code],
+        )
+    assert set(logged) <= set(codes)
+    # A fresh BH2 run after the crash counts exactly what the log holds.
+    run = run_cli("run", "--data", data, "--once", exe=BH2)
+    assert run.returncode == 0, run.stderr
+    stats = bh2_json("stats", "--data", data)["stats"]
+    assert {c: v["hits"] for c, v in stats.items()} == logged
+    verify = run_cli("verify", "--data", data, exe=BH2)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
