@@ -125,6 +125,18 @@ class DayCounts:
             lasts=np.maximum.reduceat(lasts, starts),
         )
 
+    def by_code(self) -> CodeRuns:
+        """Where each code's rows are, with its totals (hits, first, last hit)."""
+        starts, ends = _groups(self.code_ids)
+        return CodeRuns(
+            code_ids=self.code_ids[starts],
+            starts=starts,
+            ends=ends,
+            hits=np.add.reduceat(self.hits, starts),
+            firsts=np.minimum.reduceat(self.firsts, starts),
+            lasts=np.maximum.reduceat(self.lasts, starts),
+        )
+
     def rows(self, names: Sequence[str]) -> list[DeltaRow]:
         """The rows as plain tuples: what a store writes."""
         return list(
@@ -141,6 +153,18 @@ class DayCounts:
     def deltas(self, names: Sequence[str]) -> list[DayDelta]:
         """The rows as DayDelta, codes named by `names[code_id]`."""
         return [DayDelta._make(row) for row in self.rows(names)]
+
+
+@dataclass(frozen=True)
+class CodeRuns:
+    """Per code of a DayCounts: its rows `[starts[i], ends[i])` and totals."""
+
+    code_ids: IntArray
+    starts: IntArray
+    ends: IntArray
+    hits: IntArray
+    firsts: IntArray
+    lasts: IntArray
 
 
 def _groups(

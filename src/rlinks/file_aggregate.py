@@ -34,7 +34,7 @@ from rlinks.hits import (
     ts_reason,
 )
 from rlinks.ndjson import Decoded, decode_chunk, read_chunks
-from rlinks.timefmt import datetime_to_ms, day_to_iso, format_ms, now_ms
+from rlinks.timefmt import datetime_to_ms, days_to_iso_many, format_ms, format_ms_many, now_ms
 
 # The consumed input's first and last bytes are hashed to spot a replaced file.
 HEAD_BYTES = 64 * 1024
@@ -150,7 +150,7 @@ def aggregate_file(
         wm.as_of = format_ms(max(max_ts, _parse_ms(wm.as_of) if wm.as_of else max_ts))
     wm.source, wm.updated_at = src, format_ms(now_ms())
     result = _OutFile(
-        stats={c: _render(a) for c, a in sorted(acc.items())},
+        stats=_render(acc),
         watermark=wm,
         quarantined=(prev.quarantined if prev else 0) + quarantined,
     )
@@ -195,15 +195,32 @@ class _Folder:
     def merge_into(self, acc: dict[str, _Acc]) -> int | None:
         """Add everything folded to `acc`; the newest hit's time, if any."""
         self.fold()
-        for d in self.counts.deltas(list(self.table)):
-            a = acc.get(d.code)
+        counts = self.counts
+        if not counts.hits.size:
+            return None
+        names = list(self.table)
+        days = days_to_iso_many(counts.days)
+        day_hits = counts.hits.tolist()
+        runs = counts.by_code()
+        for code_id, start, end, hits, first, last in zip(
+            runs.code_ids.tolist(),
+            runs.starts.tolist(),
+            runs.ends.tolist(),
+            runs.hits.tolist(),
+            runs.firsts.tolist(),
+            runs.lasts.tolist(),
+            strict=True,
+        ):
+            daily = Counter(dict(zip(days[start:end], day_hits[start:end], strict=True)))
+            a = acc.get(names[code_id])
             if a is None:
-                acc[d.code] = a = _Acc(0, d.first_ms, d.last_ms)
-            a.hits += d.hits
-            a.first_ms = min(a.first_ms, d.first_ms)
-            a.last_ms = max(a.last_ms, d.last_ms)
-            a.daily[day_to_iso(d.day)] += d.hits
-        return int(self.counts.lasts.max()) if self.counts.lasts.size else None
+                acc[names[code_id]] = _Acc(hits, first, last, daily)
+            else:
+                a.hits += hits
+                a.first_ms = min(a.first_ms, first)
+                a.last_ms = max(a.last_ms, last)
+                a.daily.update(daily)
+        return int(counts.lasts.max())
 
 
 def _skip_consumed(stream: BinaryIO, wm: _Watermark, src: str) -> _Fingerprint:
@@ -279,13 +296,14 @@ def _parse(s: _CodeStats) -> _Acc:
     return _Acc(s.hits, _parse_ms(s.first_hit), _parse_ms(s.last_hit), Counter(s.daily))
 
 
-def _render(a: _Acc) -> _CodeStats:
-    return _CodeStats(
-        hits=a.hits,
-        first_hit=format_ms(a.first_ms) or "",
-        last_hit=format_ms(a.last_ms) or "",
-        daily=dict(sorted(a.daily.items())),
-    )
+def _render(acc: dict[str, _Acc]) -> dict[str, _CodeStats]:
+    codes = sorted(acc)
+    firsts = format_ms_many([acc[c].first_ms for c in codes])
+    lasts = format_ms_many([acc[c].last_ms for c in codes])
+    return {
+        c: _CodeStats(acc[c].hits, f, la, dict(sorted(acc[c].daily.items())))
+        for c, f, la in zip(codes, firsts, lasts, strict=True)
+    }
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

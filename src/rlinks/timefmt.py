@@ -6,6 +6,9 @@ import datetime as dt
 import functools
 import time
 
+import numpy as np
+import numpy.typing as npt
+
 MS_PER_DAY = 86_400_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ONE_MS = dt.timedelta(milliseconds=1)
@@ -44,3 +47,14 @@ def format_lag(seconds: float | None) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def format_ms_many(values: npt.ArrayLike) -> list[str]:
+    """`format_ms` for many values at once (vectorised; years 1970..9999)."""
+    stamps = np.asarray(values, dtype=np.int64).astype("datetime64[ms]")
+    return [f"{t}Z" for t in np.datetime_as_string(stamps, unit="ms").tolist()]
+
+
+def days_to_iso_many(days: npt.ArrayLike) -> list[str]:
+    """`day_to_iso` for many day numbers at once."""
+    return list(np.datetime_as_string(np.asarray(days, dtype="datetime64[D]")).tolist())
