@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -335,3 +337,43 @@ def test_sigkill_under_load_loses_no_redirected_hit(tmp_path: Path) -> None:
     assert {c: v["hits"] for c, v in stats.items()} == logged
     verify = run_cli("verify", "--data", data, exe=BH2)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def _log_writer_pids(server: Server) -> list[int]:
+    """Pids of the server's log-writer processes (in its process group)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"rlinks.server.logwriter" not in cmdline:
+            continue
+        try:
+            if os.getpgid(int(entry.name)) == server.proc.pid:
+                pids.append(int(entry.name))
+        except ProcessLookupError:
+            continue
+    return pids
+
+
+def test_a_dead_log_writer_gives_503_then_recovers(tmp_path: Path) -> None:
+    """In commit mode a redirect whose hit cannot be committed is a 503, never an
+    uncounted 302; the worker starts a new log writer and redirects again."""
+    data = tmp_path / "data"
+    put_routes(data, ["wd"])
+    with running_server(data, "--hits", "append", "--durability", "commit") as s:
+        assert s.get("/wd").status == 302
+        before = set(_log_writer_pids(s))
+        assert before, "the server runs a log-writer process"
+        for pid in before:
+            os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: not set(_log_writer_pids(s)) & before, timeout=5)
+        statuses = [s.get("/wd").status for _ in range(3)]
+        assert statuses[0] == 503
+        assert statuses[1:] == [302, 302]
+        assert s.metrics()["rlinks_hits_failed_total"] == 1
+        end = log_end(data)
+    assert end == 3  # the 302s, and not the hit answered with 503

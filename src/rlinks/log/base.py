@@ -71,7 +71,8 @@ class HitLog(Protocol):
         """Log `hits` atomically; positions in input order, duplicates flagged.
 
         `fresh_ids`: the caller has just made every id (UUIDv7, as the server
-        does), so none can be logged already and the lookup is skipped.
+        does), so none can be logged already and no producer can send one
+        again: the lookup is skipped and the ids are not indexed for dedup.
         """
         ...
 

@@ -113,7 +113,9 @@ class SqliteHitLog:
             code_ids = self._intern(c, {hits[i].code for idx in fresh.values() for i in idx})
             for partition, indexes in fresh.items():
                 block_hits = [hits[i] for i in indexes]
-                logged = self._append_partition(c, partition, block_hits, code_ids)
+                logged = self._append_partition(
+                    c, partition, block_hits, code_ids, index_ids=not fresh_ids
+                )
                 for i, logged_at in zip(indexes, logged, strict=True):
                     positions[i] = logged_at
         self._code_ids = code_ids  # committed: the new ids are real now
@@ -129,6 +131,8 @@ class SqliteHitLog:
         partition: int,
         hits: list[Hit],
         code_ids: dict[str, int],
+        *,
+        index_ids: bool,
     ) -> list[Position]:
         """Write `hits` as blocks at the partition's end; their positions."""
         (end,) = c.execute(
@@ -152,10 +156,11 @@ class SqliteHitLog:
                     _RECORDS.encode(block),
                 ),
             )
-            c.executemany(
-                "INSERT INTO hit_ids VALUES (?, ?, ?)",
-                [(h.id, partition, first + k) for k, h in enumerate(block)],
-            )
+            if index_ids:
+                c.executemany(
+                    "INSERT INTO hit_ids VALUES (?, ?, ?)",
+                    [(h.id, partition, first + k) for k, h in enumerate(block)],
+                )
         c.execute(
             "UPDATE partitions SET end_offset = ?, max_ts_ms = max(coalesce(max_ts_ms, ?), ?)"
             " WHERE partition = ?",

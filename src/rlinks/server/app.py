@@ -8,6 +8,7 @@ nothing else runs per request.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import re
@@ -15,7 +16,6 @@ import socket
 import sqlite3
 from pathlib import Path
 
-from rlinks.backends import open_log
 from rlinks.errors import KvUnavailableError
 from rlinks.hits import CODE_PATTERN
 from rlinks.routes.resolve import resolve
@@ -62,7 +62,7 @@ class RlinksApp:
         self.sink: HitSink | None = None
         if config.hits == "append":
             self.sink = HitWriter(
-                lambda: open_log(self.data_dir),
+                self.data_dir,
                 durable=config.durability == "commit",
                 queue_max=config.queue_max,
                 on_commit=self._count_commit,
@@ -74,6 +74,8 @@ class RlinksApp:
         self._ledger = KvCallLedger(self.data_dir)
         self._process = f"{socket.gethostname()}:{os.getpid()}:{now_ms()}"
         self._ledger_task: asyncio.Task[None] | None = None
+        self._statuses: collections.Counter[int] = collections.Counter()
+        self._published: dict[int, int] = {}
         self._public_hosts = tuple(h.lower() for h in config.public_hosts)
 
     # -- ASGI --------------------------------------------------------------------
@@ -81,7 +83,9 @@ class RlinksApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             status = await self._http(scope, receive, send)
-            self.metrics.requests.labels(str(status)).inc()
+            # A dict increment here; the Prometheus counters (a locked mmap
+            # write each) are brought up to date once a second and per scrape.
+            self._statuses[status] += 1
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
@@ -102,6 +106,7 @@ class RlinksApp:
                     await self.sink.stop()
                 if self._ledger_task is not None:
                     self._ledger_task.cancel()
+                self._publish_statuses()
                 self._record_ledger()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -118,6 +123,7 @@ class RlinksApp:
                 await send_json(send, 200, {"status": "ok", "hits": self.config.hits})
                 return 200
             if path == "/metrics":
+                self._publish_statuses()
                 body = render(os.environ["PROMETHEUS_MULTIPROC_DIR"], self.data_dir)
                 await send_response(send, 200, body, CONTENT_TYPE)
                 return 200
@@ -176,14 +182,23 @@ class RlinksApp:
     # -- metrics hooks -----------------------------------------------------------
 
     async def _keep_ledger(self) -> None:
-        """Every second, save this process's KV call counts for `rlinks-bh2 status`."""
+        """Every second, publish request counts and save this process's KV call
+        counts for `rlinks-bh2 status`."""
         last = None
         while True:
             await asyncio.sleep(1.0)
+            self._publish_statuses()
             now = (self.kv.calls.reads, self.kv.calls.writes)
             if now != last:
                 self._record_ledger()
                 last = now
+
+    def _publish_statuses(self) -> None:
+        for status, n in self._statuses.items():
+            delta = n - self._published.get(status, 0)
+            if delta:
+                self.metrics.requests.labels(str(status)).inc(delta)
+                self._published[status] = n
 
     def _record_ledger(self) -> None:
         try:

@@ -1,9 +1,10 @@
 """Group commit for hits on the redirect path.
 
 Requests put hits on a bounded queue; one task takes everything queued (up to
-`max_group`) and appends it in one log transaction on a worker thread, while
-new hits queue up behind it. Under load one commit carries many hits; at low
-load a hit waits for nobody. In `commit` durability the redirect waits for its
+`max_group`) and sends it as one group to the worker's log-writer process
+(`rlinks.server.logwriter`), which appends it in one transaction, while new
+hits queue up behind it. Under load one commit carries many hits; at low load
+a hit waits for nobody. In `commit` durability the redirect waits for its
 hit's transaction; in `async` it does not, and a full queue drops the hit and
 counts it (never silently).
 """
@@ -12,22 +13,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
 
 from rlinks.hits import Hit
-from rlinks.log.base import HitLog
+from rlinks.server.logwriter import FRAME_HEADER, frame
 
 log = logging.getLogger(__name__)
+
+_GROUP_ENCODER = msgspec.msgpack.Encoder()
+_ANSWER_DECODER = msgspec.msgpack.Decoder(str | None)
+
+
+class WriterDownError(Exception):
+    """The log-writer process is gone or refused the group."""
 
 
 @dataclass
 class WriterStats:
     appended: int = 0
     dropped: int = 0  # async mode, queue full
-    failed: int = 0  # the append raised; the requests were answered 503 (commit) or counted
+    failed: int = 0  # the append failed; answered 503 (commit) or counted (async)
     commits: int = 0
     last_commit_s: float = 0.0
 
@@ -35,18 +46,18 @@ class WriterStats:
 class HitWriter:
     def __init__(
         self,
-        open_log: Callable[[], HitLog],
+        data_dir: Path,
         *,
         durable: bool,
-        max_group: int = 1024,
+        max_group: int = 2048,
         queue_max: int = 100_000,
         linger_s: float | None = None,
         on_commit: Callable[[int, float, int], None] | None = None,
         on_failure: Callable[[int], None] | None = None,
     ) -> None:
         """`on_commit(hits, seconds, queue depth)` after each group commit;
-        `on_failure(hits)` when an append raised."""
-        self._open_log = open_log
+        `on_failure(hits)` when a group could not be appended."""
+        self._data_dir = data_dir
         self.durable = durable
         self._max_group = max_group
         # Async redirects do not wait for the commit, so the writer can wait a
@@ -55,9 +66,7 @@ class HitWriter:
         self._queue: asyncio.Queue[tuple[Hit, asyncio.Future[None] | None]] = asyncio.Queue(
             queue_max
         )
-        # One thread owns the log's SQLite connection for its whole life.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hit-writer")
-        self._log: HitLog | None = None
+        self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
         self._on_commit = on_commit
         self._on_failure = on_failure
@@ -68,20 +77,29 @@ class HitWriter:
         return self._queue.qsize()
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._log = await loop.run_in_executor(self._thread, self._open_log)
+        await self._spawn()
         self._task = asyncio.create_task(self._run(), name="hit-writer")
 
+    async def _spawn(self) -> None:
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "rlinks.server.logwriter",
+            str(self._data_dir),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+
     async def stop(self) -> None:
-        """Write what is queued, then stop."""
+        """Write what is queued, then stop the writer process."""
         if self._task is None:
             return
         await self._queue.join()
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
-        if self._log is not None:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._log.close)
-        self._thread.shutdown(wait=True)
+        if self._proc is not None and self._proc.stdin is not None:
+            self._proc.stdin.close()
+            await self._proc.wait()
 
     async def record(self, hit: Hit) -> bool:
         """Log `hit`. Durable: returns once committed (False if the append
@@ -97,12 +115,11 @@ class HitWriter:
         await self._queue.put((hit, done))
         try:
             await done
-        except Exception:
+        except WriterDownError:
             return False
         return True
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             group = [await self._queue.get()]
             if self._linger_s:
@@ -111,17 +128,17 @@ class HitWriter:
                 group.append(self._queue.get_nowait())
             hits = [h for h, _ in group]
             started = time.perf_counter()
-            error: BaseException | None = None
+            error: WriterDownError | None = None
             try:
-                await loop.run_in_executor(self._thread, self._append, hits)
-            except Exception as e:  # the store is down or full: answer, count, go on
+                await self._append(hits)
+            except WriterDownError as e:
                 error = e
                 self.stats.failed += len(hits)
                 log.error("appending %d hits failed: %s", len(hits), e)
                 if self._on_failure is not None:
                     self._on_failure(len(hits))
-            elapsed = time.perf_counter() - started
-            if error is None:
+            else:
+                elapsed = time.perf_counter() - started
                 self.stats.appended += len(hits)
                 self.stats.commits += 1
                 self.stats.last_commit_s = elapsed
@@ -135,7 +152,20 @@ class HitWriter:
                         done.set_exception(error)
                 self._queue.task_done()
 
-    def _append(self, hits: list[Hit]) -> None:
-        if self._log is None:
-            raise RuntimeError("HitWriter.start() was not awaited")
-        self._log.append(hits, fresh_ids=True)
+    async def _append(self, hits: list[Hit]) -> None:
+        """One group to the writer process and its answer; a dead writer is
+        started again for the next group."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None or proc.stdin is None or proc.stdout is None:
+            await self._spawn()
+            raise WriterDownError("the log writer had stopped; it was started again")
+        try:
+            proc.stdin.write(frame(_GROUP_ENCODER.encode(hits)))
+            await proc.stdin.drain()
+            header = await proc.stdout.readexactly(FRAME_HEADER.size)
+            (size,) = FRAME_HEADER.unpack(header)
+            failure = _ANSWER_DECODER.decode(await proc.stdout.readexactly(size))
+        except (OSError, asyncio.IncompleteReadError) as e:
+            raise WriterDownError(f"the log writer died: {e}") from e
+        if failure is not None:
+            raise WriterDownError(failure)

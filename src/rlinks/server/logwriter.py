@@ -1,0 +1,63 @@
+"""The hit-log writer process: appends groups of hits for one server worker.
+
+It runs beside each server worker (`python -m rlinks.server.logwriter DATA`)
+so that the Python work of an append (encoding blocks, binding rows) never
+holds the worker's GIL: the event loop keeps answering redirects while a group
+commits. The two talk over the child's stdin and stdout in frames: a 4-byte
+big-endian length, then msgpack. Requests are lists of hits; each answer is
+the error (None when all is well) for the group just received, sent once it is
+committed.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+from typing import BinaryIO
+
+import msgspec
+
+from rlinks.hits import Hit
+from rlinks.log.sqlite import SqliteHitLog
+
+FRAME_HEADER = struct.Struct(">I")
+GROUP_DECODER = msgspec.msgpack.Decoder(list[Hit])
+ANSWER_ENCODER = msgspec.msgpack.Encoder()
+
+
+def read_frame(stream: BinaryIO) -> bytes | None:
+    header = stream.read(FRAME_HEADER.size)
+    if len(header) < FRAME_HEADER.size:
+        return None  # the worker closed the pipe: it is stopping
+    (size,) = FRAME_HEADER.unpack(header)
+    payload = stream.read(size)
+    return payload if len(payload) == size else None
+
+
+def frame(payload: bytes) -> bytes:
+    return FRAME_HEADER.pack(len(payload)) + payload
+
+
+def serve(data_dir: Path, requests: BinaryIO, answers: BinaryIO) -> None:
+    log = SqliteHitLog(data_dir)
+    try:
+        while (payload := read_frame(requests)) is not None:
+            hits = GROUP_DECODER.decode(payload)
+            error: str | None = None
+            try:
+                log.append(hits, fresh_ids=True)
+            except Exception as e:  # the worker answers 503 (commit) or counts it (async)
+                error = f"{type(e).__name__}: {e}"
+            answers.write(frame(ANSWER_ENCODER.encode(error)))
+            answers.flush()
+    finally:
+        log.close()
+
+
+def main() -> None:
+    serve(Path(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer)
+
+
+if __name__ == "__main__":
+    main()
