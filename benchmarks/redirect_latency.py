@@ -212,7 +212,7 @@ def main() -> None:
             f"{r.p95_ms / base.p95_ms:.2f}" if base else "-",
             f"{r.rps / base.rps:.2f}" if base else "-",
         )
-    Console().print(table)
+    Console(width=160).print(table)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
 
