@@ -134,8 +134,11 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(f"    {line}" for line in kept) or "    (no output)"
 
 
-def run_checked(cmd: list[str], what: str) -> subprocess.CompletedProcess[str]:
-    """Run an unmeasured command; a non-zero exit is a BenchError with its stderr."""
+def run_checked(
+    cmd: list[str], what: str, *, shown: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command; a non-zero exit is a BenchError with its output. `shown`
+    is the command named in that error (default: `cmd`)."""
     try:
         return subprocess.run(
             cmd,
@@ -150,7 +153,7 @@ def run_checked(cmd: list[str], what: str) -> subprocess.CompletedProcess[str]:
         raise BenchError(f"{what}: cannot start {cmd[0]!r}: {e.strerror}") from e
     except subprocess.CalledProcessError as e:
         raise BenchError(
-            f"{what} failed: `{shlex.join(cmd)}` exited with {e.returncode}\n"
+            f"{what} failed: `{shlex.join(shown or cmd)}` exited with {e.returncode}\n"
             f"  stdout:\n{_tail(e.stdout or '')}\n  stderr:\n{_tail(e.stderr or '')}"
         ) from e
 
@@ -189,23 +192,7 @@ class Spawner:
         rss_file = self._scratch / f"rss-{self._count}.txt"
         full = [*self._prefix(rss_file), *cmd]
         start = time.perf_counter()
-        try:
-            proc = subprocess.run(
-                full,
-                check=True,
-                capture_output=True,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
-                env=_child_env(),
-            )
-        except FileNotFoundError as e:
-            raise BenchError(f"{what}: cannot start {full[0]!r}: {e.strerror}") from e
-        except subprocess.CalledProcessError as e:
-            raise BenchError(
-                f"{what} failed: `{shlex.join(cmd)}` exited with {e.returncode}\n"
-                f"  stdout:\n{_tail(e.stdout or '')}\n  stderr:\n{_tail(e.stderr or '')}"
-            ) from e
+        proc = run_checked(full, what, shown=cmd)
         seconds = time.perf_counter() - start
         try:
             # GNU time may put "Command exited with ..." first; the figures are last.
