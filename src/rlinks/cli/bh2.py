@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
-from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+)
 from rich.table import Table
 
 from rlinks import __version__
@@ -117,7 +126,9 @@ def _open_input(src: str) -> BinaryIO:
         raise ConfigError(f"cannot read {src}: {e.strerror}") from e
 
 
-def _byte_progress(label: str, total: int | None) -> Any:
+@contextlib.contextmanager
+def _byte_progress(label: str, total: int | None) -> Iterator[tuple[Progress, TaskID]]:
+    """A bytes progress bar on stderr, for inputs over 8 MiB (or of unknown size)."""
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -126,16 +137,8 @@ def _byte_progress(label: str, total: int | None) -> Any:
         transient=True,
         disable=total is not None and total < 8 * 1024 * 1024,
     )
-
-    class _Ctx:
-        def __enter__(self) -> tuple[Progress, Any]:
-            progress.start()
-            return progress, progress.add_task(label, total=total)
-
-        def __exit__(self, *exc: object) -> None:
-            progress.stop()
-
-    return _Ctx()
+    with progress:
+        yield progress, progress.add_task(label, total=total)
 
 
 # -- aggregate (the seed's command) ------------------------------------------------

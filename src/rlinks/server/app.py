@@ -60,6 +60,7 @@ class RlinksApp:
             trust_proxy=config.trust_proxy,
         )
         self.sink: HitSink | None = None
+        self._durable = config.hits == "append" and config.durability == "commit"
         if config.hits == "append":
             self.sink = HitWriter(
                 self.data_dir,
@@ -163,19 +164,19 @@ class RlinksApp:
             return res.status
         if self.sink is not None:
             hit = build_hit(code, scope["headers"], scope.get("client"), self.capture, now)
-            kept = await self.sink.record(hit)
-            if not kept and isinstance(self.sink, HitWriter) and not self.sink.durable:
-                self.metrics.hits_dropped.inc()  # the queue was full
-            elif not kept and isinstance(self.sink, HitWriter):
-                # The hit could not be made durable: do not redirect uncounted.
-                await send_error(
-                    scope,
-                    send,
-                    503,
-                    "store_unavailable",
-                    "the hit log is unavailable; try again shortly",
-                )
-                return 503
+            if not await self.sink.record(hit):
+                if not self._durable:
+                    self.metrics.hits_dropped.inc()  # the async queue was full
+                else:
+                    # The hit could not be made durable: never redirect uncounted.
+                    await send_error(
+                        scope,
+                        send,
+                        503,
+                        "store_unavailable",
+                        "the hit log is unavailable; try again shortly",
+                    )
+                    return 503
         await send_redirect(send, self.config.redirect_status, res.location.encode())
         return self.config.redirect_status
 

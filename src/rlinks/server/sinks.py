@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
@@ -70,4 +69,3 @@ class KvSink:
     async def stop(self) -> None:
         if self._store is not None:
             self._store.close()
-        await asyncio.sleep(0)
