@@ -38,6 +38,7 @@ MODES: dict[str, list[str] | None] = {
     "off": ["--hits", "off"],
     "append-commit": ["--hits", "append", "--durability", "commit"],
     "append-async": ["--hits", "append", "--durability", "async"],
+    "append-async-noagg": ["--hits", "append", "--durability", "async", "--no-aggregate"],
     "kv-0ms": ["--hits", "kv", "--kv-latency-ms", "0"],
     "kv-5ms": ["--hits", "kv", "--kv-latency-ms", "5"],
     "append-commit-5ms": ["--hits", "append", "--durability", "commit", "--kv-latency-ms", "5"],
