@@ -6,12 +6,10 @@ import pytest
 
 from rlinks.errors import ConfigError, InvalidRouteError
 from rlinks.routes import Meta, Route, Rules, validate_code, validate_route, validate_target
+from rlinks.routes.hosts import HostKey, canonical_host, public_host_key
 from rlinks.routes.validate import (
     MAX_TARGET_CHARS,
-    HostKey,
-    canonical_host,
     parse_target,
-    public_host_key,
     validate_expires,
     validate_meta,
 )

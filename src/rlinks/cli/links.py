@@ -16,11 +16,11 @@ from rich.text import Text
 from rlinks.cli.common import data_option, err, json_option, out, print_json, reports_errors
 from rlinks.errors import ConfigError, RouteNotFoundError
 from rlinks.log.sqlite import SqliteHitLog
+from rlinks.routes.hosts import public_host_key
 from rlinks.routes.model import Meta, Route, Rules, route_to_dict
 from rlinks.routes.store import AuditRecord, SqliteRouteStore
 from rlinks.routes.validate import (
     DEFAULT_PUBLIC_HOSTS,
-    public_host_key,
     validate_code,
     validate_expires,
     validate_route,

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from rlinks.errors import InvalidRouteError
+from rlinks.routes.hosts import HostKey, loops_to, public_host_keys
 from rlinks.routes.model import Route
-from rlinks.routes.validate import HostKey, loops_to, parse_target, public_host_keys
+from rlinks.routes.validate import parse_target
 
 # 302, not 301: browsers cache a 301 forever, so later hits would never reach us
 # (uncounted) and an edited or disabled route would keep redirecting.
