@@ -9,7 +9,6 @@ Every complete valid line counts: no id dedup here, that is the log's job.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import os
 import sys
@@ -34,7 +33,7 @@ from rlinks.hits import (
     ts_reason,
 )
 from rlinks.ndjson import Decoded, decode_chunk, read_chunks
-from rlinks.timefmt import datetime_to_ms, days_to_iso_many, format_ms, format_ms_many, now_ms
+from rlinks.timefmt import days_to_iso_many, format_ms, format_ms_many, now_ms, rfc3339_to_ms
 
 # The consumed input's first and last bytes are hashed to spot a replaced file.
 HEAD_BYTES = 64 * 1024
@@ -147,7 +146,7 @@ def aggregate_file(
     wm.byte_offset, wm.lines = offset, wm.lines + lines
     wm.head_sha256, wm.tail_sha256 = seen.digests()
     if max_ts is not None:
-        wm.as_of = format_ms(max(max_ts, _parse_ms(wm.as_of) if wm.as_of else max_ts))
+        wm.as_of = format_ms(max(max_ts, rfc3339_to_ms(wm.as_of) if wm.as_of else max_ts))
     wm.source, wm.updated_at = src, format_ms(now_ms())
     result = _OutFile(
         stats=_render(acc),
@@ -288,12 +287,8 @@ def _load(out: Path) -> _OutFile | None:
         ) from e
 
 
-def _parse_ms(text: str) -> int:
-    return datetime_to_ms(msgspec.json.decode(msgspec.json.encode(text), type=dt.datetime))
-
-
 def _parse(s: _CodeStats) -> _Acc:
-    return _Acc(s.hits, _parse_ms(s.first_hit), _parse_ms(s.last_hit), Counter(s.daily))
+    return _Acc(s.hits, rfc3339_to_ms(s.first_hit), rfc3339_to_ms(s.last_hit), Counter(s.daily))
 
 
 def _render(acc: dict[str, _Acc]) -> dict[str, _CodeStats]:

@@ -58,3 +58,15 @@ def format_ms_many(values: npt.ArrayLike) -> list[str]:
 def days_to_iso_many(days: npt.ArrayLike) -> list[str]:
     """`day_to_iso` for many day numbers at once."""
     return list(np.datetime_as_string(np.asarray(days, dtype="datetime64[D]")).tolist())
+
+
+@functools.lru_cache(maxsize=4096)
+def rfc3339_to_ms(value: str) -> int:
+    """Unix ms of an RFC 3339 time with an offset; raises ValueError otherwise.
+
+    Cached: the redirect path checks the same few expiry strings over and over.
+    """
+    parsed = dt.datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"{value!r} has no UTC offset")
+    return datetime_to_ms(parsed)

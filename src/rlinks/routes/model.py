@@ -8,13 +8,11 @@ path's one read cheap. Times are RFC 3339 UTC strings with milliseconds, the for
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
 from typing import Any, Final, Literal, cast
 
 import msgspec
 
-from rlinks.timefmt import datetime_to_ms, format_ms, now_ms
+from rlinks.timefmt import format_ms, now_ms, rfc3339_to_ms
 
 SCHEMA_VERSION: Final = 1
 Status = Literal["active", "disabled"]
@@ -118,15 +116,3 @@ def route_to_dict(route: Route) -> dict[str, Any]:
 def stamp(ms: int) -> str:
     """`created_at`/`updated_at` for a Unix time in ms (RFC 3339 UTC, ms)."""
     return cast(str, format_ms(ms))
-
-
-@functools.lru_cache(maxsize=4096)
-def rfc3339_to_ms(value: str) -> int:
-    """Unix ms of an RFC 3339 time with an offset; raises ValueError otherwise.
-
-    Cached: the redirect path checks the same few expiry strings over and over.
-    """
-    parsed = dt.datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        raise ValueError(f"{value!r} has no UTC offset")
-    return datetime_to_ms(parsed)

@@ -27,7 +27,8 @@ from rlinks.routes.hosts import (
     loops_to,
     public_host_keys,
 )
-from rlinks.routes.model import Meta, Route, rfc3339_to_ms, stamp
+from rlinks.routes.model import Meta, Route, stamp
+from rlinks.timefmt import rfc3339_to_ms
 
 MAX_CODE_CHARS = 64
 MAX_TARGET_CHARS = 2048
