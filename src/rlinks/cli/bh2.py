@@ -26,6 +26,7 @@ from rlinks.aggregator import Aggregator, Counters
 from rlinks.backends import open_log, open_store
 from rlinks.batch import Batch
 from rlinks.cli.common import data_option, err, json_option, out, print_json, reports_errors
+from rlinks.cli.cost import cost
 from rlinks.errors import ConfigError
 from rlinks.file_aggregate import aggregate_file
 from rlinks.hits import WIRE_HIT_DECODER, to_hit, ts_reason
@@ -439,6 +440,8 @@ def sample(n: int, codes: int, s: float, seed: int, out_file: Any) -> None:
     """Write N sample hits as NDJSON (for demos and benchmarks)."""
     write_sample(out_file, n, codes=codes, s=s, seed=seed)
 
+
+cli.add_command(cost)
 
 if __name__ == "__main__":
     main()
