@@ -23,6 +23,7 @@ class PartitionStatus:
     batches: int
     hits: int
     kv_writes: int
+    key_rate_violations: int  # stats keys written twice within a second (hosted-KV limit)
 
 
 def read_status(log: HitLog, store: StatsStore) -> list[PartitionStatus]:
@@ -47,6 +48,7 @@ def read_status(log: HitLog, store: StatsStore) -> list[PartitionStatus]:
                 batches=w.batches,
                 hits=w.hits,
                 kv_writes=w.kv_writes,
+                key_rate_violations=w.key_rate_violations,
             )
         )
     return out

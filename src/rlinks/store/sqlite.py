@@ -14,7 +14,7 @@ from pathlib import Path
 from rlinks.batch import Batch
 from rlinks.errors import StaleEpochError, WatermarkMismatchError
 from rlinks.sqlitedb import Transaction, connect
-from rlinks.store.base import Snapshot, Watermark
+from rlinks.store.base import KeyRateTracker, Snapshot, Watermark
 from rlinks.timefmt import day_to_iso, now_ms
 
 KV_FILE = "kv.db"
@@ -36,9 +36,13 @@ CREATE TABLE IF NOT EXISTS watermarks (
     flushed_at_ms INTEGER,
     batches INTEGER NOT NULL DEFAULT 0,
     hits INTEGER NOT NULL DEFAULT 0,
-    kv_writes INTEGER NOT NULL DEFAULT 0
+    kv_writes INTEGER NOT NULL DEFAULT 0,
+    key_rate_violations INTEGER NOT NULL DEFAULT 0
 );
 """
+# Columns added after the first release: (name, definition), added to an older
+# kv.db when it is opened for writing, so old data folders keep working.
+_ADDED_COLUMNS = (("key_rate_violations", "INTEGER NOT NULL DEFAULT 0"),)
 
 _UPSERT = (
     "INSERT INTO stats_daily VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
@@ -51,13 +55,28 @@ _UPSERT = (
 class SqliteStatsStore:
     """`StatsStore` on a SQLite file."""
 
-    def __init__(self, data_dir: Path, *, readonly: bool = False) -> None:
+    def __init__(
+        self, data_dir: Path, *, readonly: bool = False, key_rate: KeyRateTracker | None = None
+    ) -> None:
         path = Path(data_dir) / KV_FILE
         if not readonly:
             Path(data_dir).mkdir(parents=True, exist_ok=True)
         self._conn = connect(path, readonly=readonly)
+        self._key_rate = key_rate or KeyRateTracker()
         if not readonly:
             self._conn.executescript(_SCHEMA)
+            self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(watermarks)")}
+        for name, definition in _ADDED_COLUMNS:
+            if name in have:
+                continue
+            try:
+                self._conn.execute(f"ALTER TABLE watermarks ADD COLUMN {name} {definition}")
+            except sqlite3.OperationalError as e:
+                if "duplicate column" not in str(e):  # else another process just added it
+                    raise
 
     def acquire(self, partition: int) -> int:
         with Transaction(self._conn) as c:
@@ -83,12 +102,15 @@ class SqliteStatsStore:
             self._check(c, batch)
             # Step 2. Upsert one row per (code, day) that changed.
             c.executemany(_UPSERT, batch.deltas)
-            # Step 3. Move the watermark in the same transaction.
+            # Step 3. Move the watermark in the same transaction, with the
+            # write counts (keys written, keys written again within a second).
+            at = self._key_rate.now()
             c.execute(
                 "UPDATE watermarks SET offset = ?,"
                 " as_of_ms = coalesce(max(coalesce(as_of_ms, ?), ?), as_of_ms),"
                 " flushed_at_ms = ?, batches = batches + 1, hits = hits + ?,"
-                " kv_writes = kv_writes + ? WHERE partition = ?",
+                " kv_writes = kv_writes + ?, key_rate_violations = key_rate_violations + ?"
+                " WHERE partition = ?",
                 (
                     batch.end,
                     batch.max_ts_ms,
@@ -96,12 +118,14 @@ class SqliteStatsStore:
                     now_ms(),
                     batch.hits,
                     batch.codes,
+                    self._key_rate.violations(batch.partition, batch.deltas, at),
                     batch.partition,
                 ),
             )
             if before_commit is not None:
                 before_commit()
             # Step 4. COMMIT (on leaving the block): all of it, or none of it.
+        self._key_rate.record(batch.partition, batch.deltas, at)
 
     def _check(self, c: sqlite3.Connection, batch: Batch) -> None:
         row = c.execute(
@@ -145,7 +169,8 @@ class SqliteStatsStore:
             )
             epochs = c.execute(
                 "UPDATE watermarks SET offset = 0, epoch = epoch + 1, as_of_ms = NULL,"
-                " flushed_at_ms = NULL, batches = 0, hits = 0, kv_writes = 0"
+                " flushed_at_ms = NULL, batches = 0, hits = 0, kv_writes = 0,"
+                " key_rate_violations = 0"
                 " RETURNING partition, epoch"
             ).fetchall()
         return dict(epochs)
