@@ -3,13 +3,17 @@
 `RouteStore` is the contract; `SqliteRouteStore` keeps routes in `kv.db` next to
 the stats (tables `routes` and `audit`). Each change and its audit record commit
 in one `BEGIN IMMEDIATE` transaction, so the trail cannot miss or invent a change,
-and writers in several processes queue up instead of overwriting each other.
+and writers in several processes queue up instead of overwriting each other. A
+bulk import (`put_many`) commits a few thousand routes per transaction, still
+with one audit record per route, so a code's history starts with its creation.
 """
 
 from __future__ import annotations
 
 import builtins
 import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -24,6 +28,9 @@ from rlinks.timefmt import now_ms
 
 Action = Literal["create", "update", "disable", "enable", "delete"]
 MAX_ACTOR_CHARS = 128
+# Routes per transaction in `put_many`: big enough to amortize the commit,
+# small enough that other writers (the admin API) wait for the lock only briefly.
+IMPORT_CHUNK = 2000
 # The fields an update can change; the rest are stamps the store owns.
 _EDITABLE = ("target", "status", "rules", "meta")
 
@@ -44,6 +51,23 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
     detail: dict[str, Any]
 
 
+@dataclass
+class ImportCounts:
+    """What `put_many` did: routes created, updated, and left as they were."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+    def add(self, action: Action | None) -> None:
+        if action == "create":
+            self.created += 1
+        elif action == "update":
+            self.updated += 1
+        else:
+            self.unchanged += 1
+
+
 class RouteStore(Protocol):
     """Routes by code, with an append-only audit log of every change."""
 
@@ -54,6 +78,11 @@ class RouteStore(Protocol):
 
         Writing a route identical to the stored one changes nothing and logs nothing.
         """
+        ...
+
+    def put_many(self, routes: Iterable[Route], actor: str) -> ImportCounts:
+        """`put` for many routes (bulk import), each with its own audit record;
+        an existing route keeps its status. All are validated before any write."""
         ...
 
     def list(
@@ -152,26 +181,34 @@ class SqliteRouteStore:
         _check_actor(actor)
         at = now_ms()
         with Transaction(self._conn) as c:
-            # Step 1. Read what is there, inside the write lock.
-            old = self._get(c, route.code)
-            if old is None:
-                # Step 2a. A new route: the store stamps who and when.
-                new = route.replace(created_at=stamp(at), updated_at=stamp(at), created_by=actor)
-                action: Action = "create"
-                detail: dict[str, Any] = {"route": route_to_dict(new)}
-            else:
-                # Step 2b. An update keeps the creation stamps; no change, no write.
-                changes = _changes(old, route)
-                if not changes:
-                    return old
-                new = route.replace(
-                    created_at=old.created_at, created_by=old.created_by, updated_at=stamp(at)
-                )
-                action, detail = "update", {"changes": changes}
-            # Step 3. Write the route and its audit record; both commit or neither.
-            self._write(c, new, at)
-            self._audit(c, at, actor, action, new.code, detail)
+            # Step 1. Read what is there, inside the write lock; then write.
+            new, _ = self._put_in(c, route, self._get(c, route.code), actor, at)
         return new
+
+    def put_many(
+        self, routes: Iterable[Route], actor: str, *, chunk: int = IMPORT_CHUNK
+    ) -> ImportCounts:
+        """Create or update many routes, `chunk` per transaction, each audited.
+
+        Every route is validated before the first write, so a bad one changes
+        nothing. An existing route keeps its status (as `rlinks links set` does)
+        and its creation stamps; an identical one is not written; of two with
+        one code the later wins. A failure mid-way keeps the chunks already
+        committed (running the import again is harmless).
+        """
+        _check_actor(actor)
+        if chunk < 1:
+            raise ConfigError(f"the chunk must be at least 1 route, got {chunk}")
+        checked = [validate_route(r) for r in routes]
+        counts = ImportCounts()
+        for lo in range(0, len(checked), chunk):
+            at = now_ms()
+            with Transaction(self._conn) as c:
+                for draft in checked[lo : lo + chunk]:
+                    old = self._get(c, draft.code)
+                    kept = draft if old is None else draft.replace(status=old.status)
+                    counts.add(self._put_in(c, kept, old, actor, at)[1])
+        return counts
 
     def disable(self, code: str, actor: str) -> Route:
         return self._set_status(code, actor, "disabled")
@@ -194,6 +231,31 @@ class SqliteRouteStore:
         self._conn.close()
 
     # -- inside ----------------------------------------------------------------------
+
+    def _put_in(
+        self, c: sqlite3.Connection, route: Route, old: Route | None, actor: str, at: int
+    ) -> tuple[Route, Action | None]:
+        """Write a validated route over `old` (read by the caller inside this
+        transaction); the stored route and what was done (None: identical, so
+        nothing was written)."""
+        if old is None:
+            # Step 2a. A new route: the store stamps who and when.
+            new = route.replace(created_at=stamp(at), updated_at=stamp(at), created_by=actor)
+            action: Action = "create"
+            detail: dict[str, Any] = {"route": route_to_dict(new)}
+        else:
+            # Step 2b. An update keeps the creation stamps; no change, no write.
+            changes = _changes(old, route)
+            if not changes:
+                return old, None
+            new = route.replace(
+                created_at=old.created_at, created_by=old.created_by, updated_at=stamp(at)
+            )
+            action, detail = "update", {"changes": changes}
+        # Step 3. Write the route and its audit record; both commit or neither.
+        self._write(c, new, at)
+        self._audit(c, at, actor, action, new.code, detail)
+        return new, action
 
     def _set_status(self, code: str, actor: str, status: Status) -> Route:
         validate_code(code, allow_reserved=True)
