@@ -29,7 +29,8 @@ from rich.console import Console
 from rich.table import Table
 
 HERE = Path(__file__).resolve().parent
-REPORT_LUA = HERE / "wrk" / "report.lua"
+# No paths file: the URL's own path for the whole -d duration (see the script).
+REPORT_LUA = HERE / "wrk" / "paths.lua"
 BIN = Path(sys.executable).parent
 
 # mode name -> extra `rlinks serve` flags (None: nginx, the HTTP floor)
