@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from bh2bench.servers import nginx_server, rlinks_server
 
 HERE = Path(__file__).resolve().parent
 # No paths file: the URL's own path for the whole -d duration (see the script).
@@ -60,77 +57,12 @@ class Result:
     p99_ms: float
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode} before answering {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"no answer from {url} after {timeout_s} s")
-
-
-def start_rlinks(flags: list[str], workdir: Path, port: int) -> subprocess.Popen[bytes]:
-    data = workdir / "data"
-    env = {**os.environ, "RLINKS_DATA": str(data)}
+def create_link(data: Path) -> None:
     subprocess.run(
-        [BIN / "rlinks", "links", "set", "ok-code", "https://example.com/landing"],
-        env=env,
+        [BIN / "rlinks", "links", "set", "ok-code", "https://example.com/landing", "--data", data],
         check=True,
         capture_output=True,
     )
-    log = open(workdir / "server.log", "wb")  # noqa: SIM115  (lives as long as the server)
-    proc = subprocess.Popen(
-        [BIN / "rlinks", "serve", "--port", str(port), *flags],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
-    return proc
-
-
-def start_nginx(workdir: Path, port: int) -> subprocess.Popen[bytes]:
-    conf = workdir / "nginx.conf"
-    conf.write_text(
-        f"daemon off; worker_processes 1; pid {workdir}/nginx.pid;\n"
-        f"error_log {workdir}/nginx-error.log;\n"
-        "events { worker_connections 1024; }\n"
-        "http { access_log off;\n"
-        f"  client_body_temp_path {workdir}; proxy_temp_path {workdir};\n"
-        f"  fastcgi_temp_path {workdir}; uwsgi_temp_path {workdir}; scgi_temp_path {workdir};\n"
-        f"  server {{ listen 127.0.0.1:{port};\n"
-        "    location /healthz { return 200 'ok'; }\n"
-        "    location / { return 302 https://example.com/landing; } } }\n"
-    )
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    proc = subprocess.Popen(
-        [nginx, "-c", str(conf), "-p", str(workdir)],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def wrk(url: str, concurrency: int, duration_s: int) -> dict[str, int]:
@@ -149,11 +81,14 @@ def measure(mode: str, concurrencies: list[int], duration_s: int) -> list[Result
     flags = MODES[mode]
     with tempfile.TemporaryDirectory(prefix=f"rlinks-bench-{mode}-") as tmp:
         workdir = Path(tmp)
-        port = free_port()
-        proc = start_nginx(workdir, port) if flags is None else start_rlinks(flags, workdir, port)
-        url = f"http://127.0.0.1:{port}/ok-code"
-        try:
-            wrk(url, 10, 1)  # warm-up: connections, caches, JIT-free but page cache warm
+        if flags is None:
+            server_cm = nginx_server(workdir)
+        else:
+            create_link(workdir / "data")
+            server_cm = rlinks_server(workdir / "data", flags, workdir / "server.log")
+        with server_cm as server:
+            url = server.url("/ok-code")
+            wrk(url, 10, 1)  # warm-up: connections, caches, the log writer started
             results = []
             for c in concurrencies:
                 f = wrk(url, c, duration_s)
@@ -172,8 +107,6 @@ def measure(mode: str, concurrencies: list[int], duration_s: int) -> list[Result
                 console.print(
                     f"{mode} c={c}: {results[-1].rps:,.0f} rps, p95 {results[-1].p95_ms:.2f} ms"
                 )
-        finally:
-            stop(proc)
     return results
 
 
