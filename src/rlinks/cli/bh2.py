@@ -383,6 +383,7 @@ def status(data_dir: Path, as_json: bool) -> None:
         "batches": [f"{p.batches:,}" for p in parts],
         "hits counted": [f"{p.hits:,}" for p in parts],
         "KV writes": [f"{p.kv_writes:,}" for p in parts],
+        "keys rewritten < 1 s": [f"{p.key_rate_violations:,}" for p in parts],
     }
     for name, values in rows.items():
         table.add_row(name, *values)
