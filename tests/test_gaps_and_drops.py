@@ -1,0 +1,70 @@
+"""Two failure modes that must be loud: a log trimmed below the watermark, and
+hits dropped by a full async queue."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from rlinks.errors import LogGapError
+from rlinks.log.sqlite import HITS_FILE, SqliteHitLog
+from rlinks.server.hitwriter import HitWriter
+from tests.conftest import hit, run_cli
+
+
+def _three_blocks(data: Path) -> None:
+    log = SqliteHitLog(data)
+    for n in range(3):  # one append, one block: offsets 1-2, 3-4, 5-6
+        log.append([hit(f"b{n}-{k}", 1_764_000_000_000 + n, "gap") for k in range(2)])
+    log.close()
+
+
+def _drop_block(data: Path, last_offset: int) -> None:
+    with sqlite3.connect(data / HITS_FILE) as conn:
+        conn.execute("DELETE FROM blocks WHERE last_offset = ?", (last_offset,))
+
+
+def test_a_hole_after_the_watermark_stops_the_read_loudly(tmp_path: Path) -> None:
+    """Reading across missing offsets raises LogGapError naming them; never skips."""
+    _three_blocks(tmp_path)
+    _drop_block(tmp_path, 4)
+    log = SqliteHitLog(tmp_path, readonly=True)
+    assert len(log.read(0, 0, 2)) == 2  # before the hole all is well
+    with pytest.raises(LogGapError, match=r"3\.\.4"):
+        log.read(0, 2, 10)
+    log.close()
+
+
+def test_run_exits_with_the_gap_error_and_counts_nothing_past_it(tmp_path: Path) -> None:
+    """`rlinks-bh2 run --once` on a log with a hole exits 2 and stops at the hole."""
+    _three_blocks(tmp_path)
+    _drop_block(tmp_path, 4)
+    done = run_cli("run", "--data", str(tmp_path), "--once", "--max-batch", "2")
+    assert done.returncode == 2
+    assert "no hits at offsets 3..4" in done.stderr
+    status = run_cli("status", "--data", str(tmp_path), "--json")
+    assert '"watermark": 2' in status.stdout
+
+
+def test_a_full_async_queue_drops_and_counts_what_it_drops(tmp_path: Path) -> None:
+    """In async mode a full queue refuses hits (counted), and the accepted ones
+    are all written when the writer stops."""
+
+    async def scenario() -> tuple[list[bool], int]:
+        writer = HitWriter(tmp_path, durable=False, queue_max=2, linger_s=0.05)
+        await writer.start()
+        # record() does not yield in async mode, so the writer cannot drain
+        # between these calls: the queue holds two, the rest are dropped.
+        kept = [await writer.record(hit(f"q{k}", 1_764_000_000_000, "full")) for k in range(5)]
+        await writer.stop()
+        return kept, writer.stats.dropped
+
+    kept, dropped = asyncio.run(scenario())
+    assert kept == [True, True, False, False, False]
+    assert dropped == 3
+    log = SqliteHitLog(tmp_path, readonly=True)
+    assert log.end(0).offset == 2
+    log.close()
