@@ -37,11 +37,10 @@ class WriterDownError(Exception):
 
 @dataclass
 class WriterStats:
-    appended: int = 0
+    """What was lost, for tests and logs (what was written goes to `on_commit`)."""
+
     dropped: int = 0  # async mode, queue full
     failed: int = 0  # the append failed; answered 503 (commit) or counted (async)
-    commits: int = 0
-    last_commit_s: float = 0.0
 
 
 class HitWriter:
@@ -75,10 +74,6 @@ class HitWriter:
         self._on_commit = on_commit
         self._on_failure = on_failure
         self.stats = WriterStats()
-
-    @property
-    def depth(self) -> int:
-        return len(self._pending)
 
     async def start(self) -> None:
         await self._spawn()
@@ -150,9 +145,6 @@ class HitWriter:
                     self._on_failure(len(hits))
             else:
                 elapsed = time.perf_counter() - started
-                self.stats.appended += len(hits)
-                self.stats.commits += 1
-                self.stats.last_commit_s = elapsed
                 if self._on_commit is not None:
                     self._on_commit(len(hits), elapsed, len(self._pending))
             for _, done in group:
