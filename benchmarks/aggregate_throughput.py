@@ -46,10 +46,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
+from bh2bench.machine import cpu_model, git_state, package_version
 from rlinks.settings import DEFAULT_MAX_BATCH  # light: no numpy (the naive worker imports it)
 
 DEFAULT_HITS: Final = 2_000_000
@@ -618,46 +618,6 @@ def source_fingerprint(digests: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def git_state() -> str | None:
-    """`HEAD` commit, plus `+dirty` when the work tree differs from it."""
-    import rlinks
-
-    repo = Path(rlinks.__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "."],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+dirty" if dirty else "")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def environment(sources: dict[str, str]) -> dict[str, Any]:
     return {
         "python": platform.python_version(),
@@ -665,9 +625,9 @@ def environment(sources: dict[str, str]) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": cpu_model(),
         "cpus": os.cpu_count(),
-        "numpy": _version("numpy"),
-        "msgspec": _version("msgspec"),
-        "rlinks": _version("rlinks"),
+        "numpy": package_version("numpy"),
+        "msgspec": package_version("msgspec"),
+        "rlinks": package_version("rlinks"),
         "sqlite": sqlite3.sqlite_version,
         "rlinks_git": git_state(),
         "rlinks_sources_sha256": source_fingerprint(sources),  # as the run started

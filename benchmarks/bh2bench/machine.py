@@ -26,14 +26,14 @@ def _first_line(cmd: list[str]) -> str | None:
     return text.splitlines()[0] if text else None
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -53,7 +53,8 @@ def _memory_gib() -> float | None:
     return None
 
 
-def _git_state() -> str | None:
+def git_state() -> str | None:
+    """`HEAD` commit, plus `+dirty` when the work tree differs from it."""
     head = _first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
     if head is None or "fatal" in head:
         return None
@@ -73,7 +74,7 @@ def _git_state() -> str | None:
 def environment() -> dict[str, Any]:
     return {
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cpus": os.cpu_count(),
             "memory_gib": _memory_gib(),
             "platform": platform.platform(),
@@ -81,13 +82,13 @@ def environment() -> dict[str, Any]:
         },
         "versions": {
             "python": sys.version.split()[0],
-            "rlinks": _version("rlinks"),
-            "rlinks_git": _git_state(),
+            "rlinks": package_version("rlinks"),
+            "rlinks_git": git_state(),
             "wrk": _first_line(["wrk", "-v"]),
             "nginx": _first_line(["nginx", "-v"]),
             "sqlite": sqlite3.sqlite_version,
             **{
-                name: _version(name)
+                name: package_version(name)
                 for name in ("uvicorn", "uvloop", "httptools", "numpy", "msgspec", "matplotlib")
             },
         },

@@ -129,12 +129,7 @@ def rlinks_server(data: Path, flags: Sequence[str], log: Path) -> Iterator[Serve
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    server = Server("rlinks serve", proc, port, log)
-    try:
-        _wait_ready(server)
-        yield server
-    finally:
-        server.stop()
+    yield from _ready_until_exit(Server("rlinks serve", proc, port, log))
 
 
 @contextlib.contextmanager
@@ -164,7 +159,11 @@ def nginx_server(workdir: Path) -> Iterator[Server]:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    server = Server("nginx", proc, port, log)
+    yield from _ready_until_exit(Server("nginx", proc, port, log))
+
+
+def _ready_until_exit(server: Server) -> Iterator[Server]:
+    """Wait until `server` answers, hand it out, stop it however the block ends."""
     try:
         _wait_ready(server)
         yield server
