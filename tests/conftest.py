@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
 import os
@@ -10,24 +11,41 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from rlinks.errors import ConfigError
 from rlinks.hits import Hit
 from rlinks.log.base import HitLog
+from rlinks.log.redis import RedisHitLog
 from rlinks.log.sqlite import SqliteHitLog
 from rlinks.store.base import Snapshot, StatsStore, Watermark
+from rlinks.store.redis import RedisStatsStore
 from rlinks.store.sqlite import KV_FILE, SqliteStatsStore
+from tests.redis_helpers import RedisServer
 
 # -- backends ------------------------------------------------------------------------
 
-# Add "redis" here (and a branch in `open_backend`) when that backend exists.
-BACKENDS: tuple[str, ...] = ("sqlite",)
+BACKENDS: tuple[str, ...] = ("sqlite", "redis")
+
+_redis: RedisServer | None = None
+_redis_db = 0
+
+
+def shared_redis() -> RedisServer:
+    """One redis-server for the whole test session (started on first use);
+    each Backend on it starts from an empty database (FLUSHALL)."""
+    global _redis
+    if _redis is None:
+        _redis = RedisServer(Path(tempfile.mkdtemp(prefix="rlinks-redis-"))).start()
+        atexit.register(_redis.stop)
+    return _redis
 
 
 class Backend:
@@ -40,19 +58,36 @@ class Backend:
     def __init__(self, name: str, root: Path) -> None:
         self.name = name
         self.root = root
+        self.url = ""
+        if name == "redis":
+            # Database n of 16, in turn: two backends open at once (a test
+            # comparing two stores) never share keys.
+            global _redis_db
+            _redis_db = (_redis_db + 1) % 16
+            server = shared_redis()
+            self.url = server.url.rpartition("/")[0] + f"/{_redis_db}"
+            client = redis.Redis(host="127.0.0.1", port=server.port, db=_redis_db)
+            client.flushdb()
+            client.close()
         self._opened: list[HitLog | StatsStore] = []
 
     def log(self, *, partitions: int = 1) -> HitLog:
+        log: HitLog
         if self.name == "sqlite":
             log = SqliteHitLog(self.root, partitions=partitions)
+        elif self.name == "redis":
+            log = RedisHitLog(self.url, partitions=partitions)
         else:  # pragma: no cover - a backend listed in BACKENDS without a branch here
             raise AssertionError(f"unknown backend {self.name}")
         self._opened.append(log)
         return log
 
     def store(self) -> StatsStore:
+        store: StatsStore
         if self.name == "sqlite":
             store = SqliteStatsStore(self.root)
+        elif self.name == "redis":
+            store = RedisStatsStore(self.url)
         else:  # pragma: no cover
             raise AssertionError(f"unknown backend {self.name}")
         self._opened.append(store)

@@ -77,7 +77,7 @@ def test_a_zombie_holding_pending_hits_cannot_double_count(backend: Backend) -> 
     try:
         assert wait_until(lambda: backend.store().watermark(0).epoch == 1)
         log.append(hits)
-        assert wait_until(lambda: zombie.counters.hits_read == 400)  # read, held, not applied
+        assert wait_until(lambda: zombie.counters.hits_read == 400), errors  # read, not applied
         Aggregator(backend.log(), backend.store(), Settings(data_dir=backend.root)).run(once=True)
     finally:
         zombie.stop()  # its final flush carries epoch 1
