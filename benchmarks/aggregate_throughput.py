@@ -214,8 +214,8 @@ def _worker_run(data_dir: str, max_batch: int) -> dict[str, Any]:
     from rlinks.settings import Settings
 
     settings = Settings.build(Path(data_dir), env={}, max_batch=max_batch)
-    log = open_log(settings.data_dir, create=False)
-    store = open_store(settings.data_dir)
+    log = open_log(settings.target, create=False)
+    store = open_store(settings.target)
     start, cpu = time.perf_counter(), time.process_time()
     counters = Aggregator(log, store, settings).run(once=True)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu

@@ -7,6 +7,8 @@ API); `RedisClusterServers` is three masters joined with
 
 from __future__ import annotations
 
+import contextlib
+import random
 import shutil
 import signal
 import socket
@@ -18,10 +20,22 @@ import pytest
 import redis
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(*, bus: bool = False) -> int:
+    """A free loopback port; with `bus`, one at or below 55535 whose port + 10000
+    is free too (a cluster node listens there for its peers)."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20_000, 55_536)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            if not bus:
+                return port
+            with contextlib.suppress(OSError), socket.socket() as peer:
+                peer.bind(("127.0.0.1", port + 10_000))
+                return port
 
 
 def redis_server_path() -> str:
@@ -38,7 +52,7 @@ class RedisServer:
 
     def __init__(self, directory: Path, *, port: int | None = None, cluster: bool = False) -> None:
         self.directory = directory
-        self.port = port or free_port()
+        self.port = port or free_port(bus=cluster)
         self.cluster = cluster
         self.proc: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from rlinks.backends import Target
 from rlinks.errors import LogGapError
 from rlinks.log.sqlite import HITS_FILE, SqliteHitLog
 from rlinks.server.hitwriter import HitWriter
@@ -54,7 +55,7 @@ def test_a_full_async_queue_drops_and_counts_what_it_drops(tmp_path: Path) -> No
     are all written when the writer stops."""
 
     async def scenario() -> tuple[list[bool], int]:
-        writer = HitWriter(tmp_path, durable=False, queue_max=2, linger_s=0.05)
+        writer = HitWriter(Target(data_dir=tmp_path), durable=False, queue_max=2, linger_s=0.05)
         await writer.start()
         # record() does not yield in async mode, so the writer cannot drain
         # between these calls: the queue holds two, the rest are dropped.

@@ -33,7 +33,7 @@ def connect(url: str) -> Client:
     Raises ConfigError with the URL (password hidden) when nobody answers."""
     if not is_redis_url(url):
         raise ConfigError(f"--backend must be a redis:// or rediss:// URL, got {url!r}")
-    shown = _hide_password(url)
+    shown = hide_password(url)
     try:
         single: redis.Redis = redis.Redis.from_url(url, socket_timeout=30)
         info = single.info("cluster")
@@ -48,7 +48,7 @@ def connect(url: str) -> Client:
         raise ConfigError(f"cannot reach Redis Cluster at {shown}: {e}") from e
 
 
-def _hide_password(url: str) -> str:
+def hide_password(url: str) -> str:
     scheme, _, rest = url.partition("://")
     auth, at, host = rest.rpartition("@")
     if not at:
@@ -69,8 +69,6 @@ class Keys:
     watermarks = f"{NS}:watermarks"  # set: partitions that have a watermark
     quarantine = f"{NS}:quarantine"  # stream of rejected input
     workers = f"{NS}:workers"  # zset: aggregator worker -> heartbeat expiry (ms)
-    routes = f"{NS}:routes"  # hash: code -> route JSON
-    audit = f"{NS}:audit"  # stream of route changes
 
     @staticmethod
     def p(partition: int, name: str) -> str:

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from rlinks import __version__
 from rlinks.aggregator import Aggregator, Counters
-from rlinks.backends import open_log, open_store
+from rlinks.backends import Target, open_call_ledger, open_log, open_store
 from rlinks.batch import Batch
 from rlinks.cli.common import data_option, err, json_option, out, print_json, reports_errors
 from rlinks.cli.cost import cost
@@ -34,7 +34,6 @@ from rlinks.ndjson import decode_chunk, read_chunks
 from rlinks.sample import write_sample
 from rlinks.settings import DEFAULT_MAX_BATCH, DEFAULT_WINDOW_S, Settings
 from rlinks.status import freshness, read_status, snapshot_json
-from rlinks.store.kvmodel import KvCallLedger
 from rlinks.timefmt import format_lag, format_ms
 from rlinks.verify import differences
 
@@ -72,8 +71,15 @@ def main() -> None:
 @cli.command()
 @data_option
 @click.argument("files", nargs=-1, required=True)
+@click.option(
+    "--partitions",
+    type=click.IntRange(1, 1024),
+    default=1,
+    show_default=True,
+    help="Partitions of a new log (hash(code) mod P); an existing log keeps its own.",
+)
 @reports_errors
-def ingest(data_dir: Path, files: tuple[str, ...]) -> None:
+def ingest(target: Target, files: tuple[str, ...], partitions: int) -> None:
     """Append NDJSON hits from FILES ("-" = stdin) to the HITS log.
 
     One JSON object per line with `code` ([a-z0-9-]{1,64}) and `ts` (RFC 3339 or
@@ -84,18 +90,24 @@ def ingest(data_dir: Path, files: tuple[str, ...]) -> None:
     """
     for src in files:
         if src == "-":
-            ingest_stream(data_dir, sys.stdin.buffer, "-")
+            ingest_stream(target, sys.stdin.buffer, "-", partitions=partitions)
             continue
         size = _size(src)
         with _open_input(src) as stream:
-            ingest_stream(data_dir, stream, src, size=size)
+            ingest_stream(target, stream, src, size=size, partitions=partitions)
 
 
 def ingest_stream(
-    data_dir: Path, stream: BinaryIO, src: str, *, size: int | None = None, quiet: bool = False
+    target: Target,
+    stream: BinaryIO,
+    src: str,
+    *,
+    size: int | None = None,
+    quiet: bool = False,
+    partitions: int = 1,
 ) -> None:
     """Append the NDJSON hits of one stream to the log, with progress and a summary."""
-    log = open_log(data_dir)
+    log = open_log(target, partitions=partitions)
     appended = duplicates = quarantined = without_id = 0
     with _byte_progress(f"ingest {src}", size) as (progress, task):
         for chunk in read_chunks(stream):
@@ -212,14 +224,16 @@ def _size(src: str) -> int:
 )
 @click.option("--once", is_flag=True, help="Process everything in the log now, then exit 0.")
 @reports_errors
-def run(data_dir: Path, window: float, max_batch: int, once: bool) -> None:
+def run(target: Target, window: float, max_batch: int, once: bool) -> None:
     """Run BH2: fold hits after the watermark into stats, exactly once.
 
     Takes every partition under a new epoch; an older aggregator still running
     is fenced out (its next apply is refused and it exits). SIGTERM or SIGINT
     flush what is pending and stop cleanly.
     """
-    settings = Settings.build(data_dir, window_s=window, max_batch=max_batch)
+    settings = Settings.build(
+        target.data_dir, backend=target.url, window_s=window, max_batch=max_batch
+    )
     _aggregate(settings, once=once)
 
 
@@ -231,23 +245,23 @@ def aggregate_now(settings: Settings) -> Counters:
 @cli.command()
 @data_option
 @reports_errors
-def rebuild(data_dir: Path) -> None:
+def rebuild(target: Target) -> None:
     """Recompute all stats from offset 0 under a new epoch.
 
     Any aggregator still running is fenced out by the new epoch and stops; run
     it again afterwards to keep stats fresh.
     """
-    settings = Settings.build(data_dir)
-    log = open_log(settings.data_dir, create=False)
-    store = open_store(settings.data_dir)
+    settings = Settings.build(target.data_dir, backend=target.url)
+    log = open_log(target, create=False)
+    store = open_store(target)
     epochs = store.reset(log.partitions)
     err.print(f"stats cleared; watermarks at 0 (epochs {epochs}); recounting the log")
     _aggregate(settings, once=True)
 
 
 def _aggregate(settings: Settings, *, once: bool) -> Counters:
-    log = open_log(settings.data_dir, create=False)
-    store = open_store(settings.data_dir)
+    log = open_log(settings.target, create=False)
+    store = open_store(settings.target)
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -304,14 +318,14 @@ def _aggregate(settings: Settings, *, once: bool) -> Counters:
 )
 @json_option
 @reports_errors
-def stats(data_dir: Path, code: str | None, limit: int, as_json: bool) -> None:
+def stats(target: Target, code: str | None, limit: int, as_json: bool) -> None:
     """Per-code stats snapshots, with how fresh they are ("as of" and lag)."""
-    print_stats(data_dir, code=code, limit=limit, as_json=as_json)
+    print_stats(target, code=code, limit=limit, as_json=as_json)
 
 
-def print_stats(data_dir: Path, *, code: str | None, limit: int, as_json: bool) -> None:
-    log = open_log(data_dir, create=False)
-    store = open_store(data_dir)
+def print_stats(target: Target, *, code: str | None, limit: int, as_json: bool) -> None:
+    log = open_log(target, create=False)
+    store = open_store(target)
     fresh = freshness(read_status(log, store))
     if code is not None:
         snap = store.snapshot(code)
@@ -344,13 +358,13 @@ def print_stats(data_dir: Path, *, code: str | None, limit: int, as_json: bool) 
 @data_option
 @json_option
 @reports_errors
-def status(data_dir: Path, as_json: bool) -> None:
+def status(target: Target, as_json: bool) -> None:
     """Per partition: watermark, log end, lag, epoch, last flush, totals."""
-    log = open_log(data_dir, create=False)
-    store = open_store(data_dir)
+    log = open_log(target, create=False)
+    store = open_store(target)
     parts = read_status(log, store)
     quarantined = log.quarantined()
-    ledger = KvCallLedger(data_dir)
+    ledger = open_call_ledger(target)
     kv = ledger.totals()
     ledger.close()
     if as_json:
@@ -399,14 +413,14 @@ def status(data_dir: Path, as_json: bool) -> None:
 @cli.command()
 @data_option
 @reports_errors
-def verify(data_dir: Path) -> None:
+def verify(target: Target) -> None:
     """Recount the log and compare with the stats; exit 0 only if identical.
 
     Hits up to each partition's watermark are compared (those the contract says
     are counted exactly once); hits past it are reported as lag.
     """
-    log = open_log(data_dir, create=False)
-    store = open_store(data_dir)
+    log = open_log(target, create=False)
+    store = open_store(target)
     diffs = differences(log, store)
     parts = read_status(log, store)
     counted = sum(p.watermark for p in parts)

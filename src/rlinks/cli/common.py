@@ -12,8 +12,8 @@ import click
 import msgspec
 from rich.console import Console
 
-from rlinks.errors import RlinksError
-from rlinks.settings import ENV_DATA
+from rlinks.backends import ENV_BACKEND, ENV_DATA, Target
+from rlinks.errors import ConfigError, RlinksError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -21,15 +21,40 @@ R = TypeVar("R")
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-data_option = click.option(
-    "--data",
-    "data_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar=ENV_DATA,
-    show_envvar=True,
-    required=True,
-    help="Data folder of the embedded store (hits.db, kv.db).",
-)
+
+def data_option(fn: Callable[..., R]) -> Callable[..., R]:
+    """`--data DIR` or `--backend URL`, given to the command as `target` (a Target)."""
+
+    @click.option(
+        "--data",
+        "data_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar=ENV_DATA,
+        show_envvar=True,
+        help="Data folder of the embedded store (hits.db, kv.db): the default backend.",
+    )
+    @click.option(
+        "--backend",
+        "backend_url",
+        metavar="URL",
+        envvar=ENV_BACKEND,
+        show_envvar=True,
+        help="Redis or Redis Cluster instead of a data folder: redis://host:port/db "
+        "(or rediss://). A cluster is detected from the server.",
+    )
+    @functools.wraps(fn)
+    def wrapper(*args: Any, data_dir: Path | None, backend_url: str | None, **kwargs: Any) -> R:
+        if data_dir is not None and backend_url is not None:
+            source = click.get_current_context().get_parameter_source("data_dir")
+            if source is click.core.ParameterSource.ENVIRONMENT:
+                data_dir = None  # an explicit --backend beats an inherited RLINKS_DATA
+            else:
+                raise ConfigError("give --data DIR or --backend URL, not both")
+        return fn(*args, target=Target.of(data_dir, backend_url), **kwargs)
+
+    return reports_errors(wrapper)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import getpass
 import os
 from contextlib import closing
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
@@ -13,12 +12,12 @@ import msgspec
 from rich.table import Table
 from rich.text import Text
 
+from rlinks.backends import Target, open_log, open_routes, open_store
 from rlinks.cli.common import data_option, err, json_option, out, print_json, reports_errors
 from rlinks.errors import ConfigError, InvalidRouteError, RouteNotFoundError
-from rlinks.log.sqlite import SqliteHitLog
 from rlinks.routes.hosts import public_host_key
 from rlinks.routes.model import Meta, Route, Rules, route_to_dict
-from rlinks.routes.store import AuditRecord, SqliteRouteStore
+from rlinks.routes.store import AuditRecord
 from rlinks.routes.validate import (
     DEFAULT_PUBLIC_HOSTS,
     validate_code,
@@ -26,7 +25,6 @@ from rlinks.routes.validate import (
     validate_route,
 )
 from rlinks.status import code_stats
-from rlinks.store.sqlite import SqliteStatsStore
 from rlinks.timefmt import format_lag, format_ms, now_ms
 
 ENV_ACTOR = "RLINKS_ACTOR"
@@ -117,7 +115,7 @@ def set_(
     tags: tuple[str, ...],
     public_hosts: tuple[str, ...],
     actor: str | None,
-    data_dir: Path,
+    target: Target,
     as_json: bool,
 ) -> None:
     """Create the link CODE -> URL, or replace what CODE points to.
@@ -137,7 +135,7 @@ def set_(
         public_hosts=public_hosts,
     )
     who = _actor(actor)
-    with closing(SqliteRouteStore(data_dir)) as store:
+    with closing(open_routes(target)) as store:
         old = store.get(code)
         route = store.put(draft.replace(status=old.status if old else "active"), who)
     if as_json:
@@ -174,7 +172,7 @@ _IMPORT_LINE = msgspec.json.Decoder(_ImportLine)
 @json_option
 @reports_errors
 def import_(
-    file: BinaryIO, public_hosts: tuple[str, ...], actor: str | None, data_dir: Path, as_json: bool
+    file: BinaryIO, public_hosts: tuple[str, ...], actor: str | None, target: Target, as_json: bool
 ) -> None:
     """Create or replace many links from FILE ("-" = stdin), one JSON object a line.
 
@@ -190,7 +188,7 @@ def import_(
     creation stamps and whether it is disabled.
     """
     drafts = _read_import(file, public_hosts)
-    with closing(SqliteRouteStore(data_dir)) as store:
+    with closing(open_routes(target)) as store:
         counts = store.put_many(drafts, _actor(actor))
     if as_json:
         print_json({"routes": len(drafts), **counts.__dict__})
@@ -233,9 +231,9 @@ def _read_import(file: BinaryIO, public_hosts: tuple[str, ...]) -> list[Route]:
 @data_option
 @json_option
 @reports_errors
-def get(code: str, data_dir: Path, as_json: bool) -> None:
+def get(code: str, target: Target, as_json: bool) -> None:
     """Show the link CODE: target, status, rules, note, tags and stamps."""
-    route = _existing(data_dir, code)
+    route = _existing(target, code)
     if as_json:
         print_json(route_to_dict(route))
         return
@@ -270,10 +268,10 @@ def get(code: str, data_dir: Path, as_json: bool) -> None:
 @json_option
 @reports_errors
 def list_(
-    prefix: str | None, limit: int, show_disabled: bool, data_dir: Path, as_json: bool
+    prefix: str | None, limit: int, show_disabled: bool, target: Target, as_json: bool
 ) -> None:
     """List links in code order (active ones unless --show-disabled)."""
-    with closing(SqliteRouteStore(data_dir)) as store:
+    with closing(open_routes(target)) as store:
         routes = store.list(prefix=prefix, limit=limit + 1, include_disabled=show_disabled)
     more, routes = len(routes) > limit, routes[:limit]
     if as_json:
@@ -305,9 +303,9 @@ def list_(
 @data_option
 @json_option
 @reports_errors
-def disable(code: str, actor: str | None, data_dir: Path, as_json: bool) -> None:
+def disable(code: str, actor: str | None, target: Target, as_json: bool) -> None:
     """Make CODE answer 404 Not Found (the route is kept; `enable` undoes it)."""
-    _change_status(code, actor, data_dir, as_json, disable=True)
+    _change_status(code, actor, target, as_json, disable=True)
 
 
 @links.command()
@@ -316,17 +314,17 @@ def disable(code: str, actor: str | None, data_dir: Path, as_json: bool) -> None
 @data_option
 @json_option
 @reports_errors
-def enable(code: str, actor: str | None, data_dir: Path, as_json: bool) -> None:
+def enable(code: str, actor: str | None, target: Target, as_json: bool) -> None:
     """Make a disabled CODE redirect again."""
-    _change_status(code, actor, data_dir, as_json, disable=False)
+    _change_status(code, actor, target, as_json, disable=False)
 
 
 def _change_status(
-    code: str, actor: str | None, data_dir: Path, as_json: bool, *, disable: bool
+    code: str, actor: str | None, target: Target, as_json: bool, *, disable: bool
 ) -> None:
     validate_code(code, allow_reserved=True)
     who = _actor(actor)
-    with closing(SqliteRouteStore(data_dir)) as store:
+    with closing(open_routes(target)) as store:
         before = store.get(code)
         route = store.disable(code, who) if disable else store.enable(code, who)
     if as_json:
@@ -341,10 +339,10 @@ def _change_status(
 @data_option
 @json_option
 @reports_errors
-def delete(code: str, actor: str | None, data_dir: Path, as_json: bool) -> None:
+def delete(code: str, actor: str | None, target: Target, as_json: bool) -> None:
     """Delete the link CODE for good (the audit log keeps a copy; stats stay)."""
     validate_code(code, allow_reserved=True)
-    with closing(SqliteRouteStore(data_dir)) as store:
+    with closing(open_routes(target)) as store:
         deleted = store.delete(code, _actor(actor))
     if not deleted:
         raise RouteNotFoundError(code)
@@ -358,16 +356,16 @@ def delete(code: str, actor: str | None, data_dir: Path, as_json: bool) -> None:
 @data_option
 @json_option
 @reports_errors
-def stats(code: str, data_dir: Path, as_json: bool) -> None:
+def stats(code: str, target: Target, as_json: bool) -> None:
     """Hits of CODE: total, first and last hit, per UTC day, and how fresh that is.
 
     Counts come from BH2 (`rlinks-bh2 run`); "as of" is the time of the newest
     hit counted and the lag is what is logged but not counted yet.
     """
     validate_code(code, allow_reserved=True)
-    with closing(SqliteRouteStore(data_dir)) as routes:
+    with closing(open_routes(target)) as routes:
         exists = routes.get(code) is not None
-    with closing(SqliteStatsStore(data_dir)) as stats_store, closing(SqliteHitLog(data_dir)) as log:
+    with closing(open_store(target)) as stats_store, closing(open_log(target)) as log:
         fresh = code_stats(log, stats_store, code)
     if not exists:
         _say(f"note: no link has the code {code} (stats outlive a deleted link)")
@@ -396,11 +394,11 @@ def stats(code: str, data_dir: Path, as_json: bool) -> None:
 @data_option
 @json_option
 @reports_errors
-def audit(code: str | None, limit: int, data_dir: Path, as_json: bool) -> None:
+def audit(code: str | None, limit: int, target: Target, as_json: bool) -> None:
     """Who changed which link, when and how, newest first (of CODE, or of all links)."""
     if code is not None:
         validate_code(code, allow_reserved=True)
-    with closing(SqliteRouteStore(data_dir)) as store:
+    with closing(open_routes(target)) as store:
         records = store.audit_log(code, limit=limit)
     if as_json:
         print_json([_record_json(r) for r in records])
@@ -446,9 +444,9 @@ def _summary(r: AuditRecord) -> str:
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _existing(data_dir: Path, code: str) -> Route:
+def _existing(target: Target, code: str) -> Route:
     validate_code(code, allow_reserved=True)
-    with closing(SqliteRouteStore(data_dir)) as store:
+    with closing(open_routes(target)) as store:
         route = store.get(code)
     if route is None:
         raise RouteNotFoundError(code)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import click
 
 from rlinks import __version__
+from rlinks.backends import Target
 from rlinks.cli.bh2 import aggregate_now, ingest_stream, print_stats
 from rlinks.cli.common import data_option, err, reports_errors
 from rlinks.cli.links import links
@@ -47,7 +47,7 @@ cli.add_command(serve)
 @click.option("--codes", type=int, default=10_000, show_default=True)
 @click.option("--top", type=int, default=10, show_default=True, help="Rows of stats to show.")
 @reports_errors
-def demo(data_dir: Path, n: int, codes: int, top: int) -> None:
+def demo(target: Target, n: int, codes: int, top: int) -> None:
     """Generate sample hits, append them to the HITS log, run BH2, show stats.
 
     Running it again appends a new sample: the stats grow by exactly --hits.
@@ -55,8 +55,8 @@ def demo(data_dir: Path, n: int, codes: int, top: int) -> None:
     buf = io.BytesIO()
     write_sample(buf, n, codes=codes)
     buf.seek(0)
-    err.print(f"generated {n:,} sample hits over {codes:,} codes; ingesting into {data_dir}")
-    ingest_stream(data_dir, buf, "sample", quiet=True)
-    counters = aggregate_now(Settings.build(data_dir))
+    err.print(f"generated {n:,} sample hits over {codes:,} codes; ingesting into {target}")
+    ingest_stream(target, buf, "sample", quiet=True)
+    counters = aggregate_now(Settings.build(target.data_dir, backend=target.url))
     err.print(f"BH2 done: lag {counters.lag_hits:,} hits ({format_lag(counters.lag_s)})")
-    print_stats(data_dir, code=None, limit=top, as_json=False)
+    print_stats(target, code=None, limit=top, as_json=False)

@@ -9,13 +9,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import click
 
-from rlinks.backends import open_log, open_store
+from rlinks.backends import Target, open_log, open_routes, open_store
 from rlinks.cli.common import data_option, err, reports_errors
-from rlinks.routes.store import SqliteRouteStore
 from rlinks.server.config import ENV_ADMIN_TOKEN, ENV_CONFIG, ServeConfig, hit_salt
 from rlinks.settings import DEFAULT_WINDOW_S
 
@@ -31,7 +29,14 @@ _PR_SET_PDEATHSIG = 1
     type=int,
     default=1,
     show_default=True,
-    help="Server processes; they share the data folder safely (SQLite WAL).",
+    help="Server processes; they share the data folder safely (SQLite WAL) or Redis.",
+)
+@click.option(
+    "--partitions",
+    type=click.IntRange(1, 1024),
+    default=1,
+    show_default=True,
+    help="Partitions of the HITS log when this makes it (an existing log keeps its own).",
 )
 @click.option(
     "--hits",
@@ -106,7 +111,8 @@ _PR_SET_PDEATHSIG = 1
 )
 @reports_errors
 def serve(
-    data_dir: Path,
+    target: Target,
+    partitions: int,
     host: str,
     port: int,
     workers: int,
@@ -127,7 +133,9 @@ def serve(
     admin API under /api/links (bearer token).
     """
     config = ServeConfig(
-        data_dir=str(data_dir),
+        data_dir=None if target.data_dir is None else str(target.data_dir),
+        backend_url=target.url,
+        partitions=partitions,
         host=host,
         port=port,
         workers=workers,
@@ -142,11 +150,11 @@ def serve(
         route_cache_s=route_cache_s,
         admin_token=os.environ.get(ENV_ADMIN_TOKEN) or None,
     )
-    _prepare(data_dir)
+    _prepare(target, partitions)
     metrics_dir = tempfile.mkdtemp(prefix="rlinks-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     os.environ[ENV_CONFIG] = config.to_env()
-    aggregator = _start_aggregator(data_dir, window) if aggregate and hits == "append" else None
+    aggregator = _start_aggregator(target, window) if aggregate and hits == "append" else None
     err.print(
         f"rlinks serving http://{host}:{port} (hits={hits}, durability={durability}, "
         f"workers={workers}, aggregator={f'pid {aggregator.pid}' if aggregator else 'off'}, "
@@ -180,14 +188,18 @@ def serve(
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _prepare(data_dir: Path) -> None:
+def _prepare(target: Target, partitions: int) -> None:
     """Create every store's schema and the hit salt once, before workers race to."""
-    hit_salt(data_dir)
-    for store in (open_log(data_dir), open_store(data_dir), SqliteRouteStore(data_dir)):
+    hit_salt(target)
+    for store in (
+        open_log(target, partitions=partitions),
+        open_store(target),
+        open_routes(target),
+    ):
         store.close()
 
 
-def _start_aggregator(data_dir: Path, window: float) -> subprocess.Popen[bytes]:
+def _start_aggregator(target: Target, window: float) -> subprocess.Popen[bytes]:
     def die_with_parent() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -198,8 +210,7 @@ def _start_aggregator(data_dir: Path, window: float) -> subprocess.Popen[bytes]:
             "-m",
             "rlinks.cli.bh2",
             "run",
-            "--data",
-            str(data_dir),
+            *(("--backend", target.url) if target.url else ("--data", str(target.data_dir))),
             "--window",
             str(window),
         ],

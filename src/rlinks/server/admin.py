@@ -147,8 +147,8 @@ class AdminApi:
         return 204
 
     async def _stats(self, send: Send, code: str) -> int:
-        log = open_log(self._app.data_dir, create=False)
-        store = open_store(self._app.data_dir)
+        log = open_log(self._app.target, create=False)
+        store = open_store(self._app.target)
         try:
             body: dict[str, Any] = code_stats(log, store, code)
         finally:

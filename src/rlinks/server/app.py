@@ -14,12 +14,13 @@ import os
 import re
 import socket
 import sqlite3
-from pathlib import Path
 
+import redis
+
+from rlinks.backends import open_call_ledger, open_key_value, open_routes
 from rlinks.errors import KvUnavailableError
 from rlinks.hits import CODE_PATTERN
 from rlinks.routes.resolve import resolve
-from rlinks.routes.store import SqliteRouteStore
 from rlinks.server.admin import AdminApi
 from rlinks.server.capture import CaptureConfig, build_hit
 from rlinks.server.config import ServeConfig, hit_salt
@@ -36,24 +37,24 @@ from rlinks.server.responses import (
 )
 from rlinks.server.routecache import RouteCache
 from rlinks.server.sinks import HitSink, KvSink
-from rlinks.store.kvmodel import KvCallLedger, RemoteKV, SqliteKeyValue
+from rlinks.store.kvmodel import RemoteKV
 from rlinks.timefmt import now_ms
 
 log = logging.getLogger(__name__)
 _CODE_RE = re.compile(CODE_PATTERN)
-_STORE_DOWN = (sqlite3.Error, KvUnavailableError, OSError)
+_STORE_DOWN = (sqlite3.Error, redis.RedisError, KvUnavailableError, OSError)
 
 
 class RlinksApp:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
-        self.data_dir = Path(config.data_dir)
+        self.target = config.target
         self.metrics = ServerMetrics()
         self.kv = RemoteKV(latency_ms=config.kv_latency_ms, on_call=self._count_kv)
-        self.routes = SqliteRouteStore(self.data_dir)
+        self.routes = open_routes(self.target)
         self.route_cache = RouteCache(self.routes.get, self.kv, ttl_s=config.route_cache_s)
         self.capture = CaptureConfig(
-            salt=hit_salt(self.data_dir),
+            salt=hit_salt(self.target),
             country_header=config.country_header.lower().encode()
             if config.country_header
             else None,
@@ -63,16 +64,16 @@ class RlinksApp:
         self._durable = config.hits == "append" and config.durability == "commit"
         if config.hits == "append":
             self.sink = HitWriter(
-                self.data_dir,
+                self.target,
                 durable=config.durability == "commit",
                 queue_max=config.queue_max,
                 on_commit=self._count_commit,
                 on_failure=self.metrics.hits_failed.inc,
             )
         elif config.hits == "kv":
-            self.sink = KvSink(self.kv, lambda: SqliteKeyValue(self.data_dir))
+            self.sink = KvSink(self.kv, lambda: open_key_value(self.target))
         self.admin = AdminApi(self) if config.admin_token else None
-        self._ledger = KvCallLedger(self.data_dir)
+        self._ledger = open_call_ledger(self.target)
         self._process = f"{socket.gethostname()}:{os.getpid()}:{now_ms()}"
         self._ledger_task: asyncio.Task[None] | None = None
         self._statuses: collections.Counter[int] = collections.Counter()
@@ -125,7 +126,7 @@ class RlinksApp:
                 return 200
             if path == "/metrics":
                 self._publish_statuses()
-                body = render(os.environ["PROMETHEUS_MULTIPROC_DIR"], self.data_dir)
+                body = render(os.environ["PROMETHEUS_MULTIPROC_DIR"], self.target)
                 await send_response(send, 200, body, CONTENT_TYPE)
                 return 200
             return await self._redirect(scope, send)

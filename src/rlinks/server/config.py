@@ -6,23 +6,27 @@ from __future__ import annotations
 
 import os
 import secrets
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
+from rlinks.backends import Target
 from rlinks.errors import ConfigError
+from rlinks.redisdb import NS, connect
 
 ENV_CONFIG = "RLINKS_SERVE_CONFIG"
 ENV_ADMIN_TOKEN = "RLINKS_ADMIN_TOKEN"
 SALT_FILE = "hit-salt.key"
+SALT_KEY = f"{NS}:hit-salt"
 
 HitsMode = Literal["append", "kv", "off"]
 Durability = Literal["commit", "async"]
 
 
 class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
-    data_dir: str
+    data_dir: str | None = None
+    backend_url: str | None = None
+    partitions: int = 1
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
@@ -49,6 +53,10 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
         if self.kv_latency_ms < 0 or self.route_cache_s < 0:
             raise ConfigError("--kv-latency-ms and --route-cache-s must not be negative")
 
+    @property
+    def target(self) -> Target:
+        return Target.of(self.data_dir, self.backend_url)
+
     def to_env(self) -> str:
         return msgspec.json.encode(self).decode()
 
@@ -60,8 +68,17 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
         return msgspec.json.decode(raw, type=cls)
 
 
-def hit_salt(data_dir: Path) -> bytes:
-    """The secret that keys user-agent hashes: made once, kept in the data folder."""
+def hit_salt(target: Target) -> bytes:
+    """The secret that keys user-agent hashes: made once, kept in the data folder
+    (or in Redis, shared by every server process on every machine)."""
+    if target.url is not None:
+        client: Any = connect(target.url)
+        try:
+            client.set(SALT_KEY, secrets.token_bytes(32), nx=True)
+            return bytes(client.get(SALT_KEY))
+        finally:
+            client.close()
+    data_dir = target.folder
     path = data_dir / SALT_FILE
     try:
         return path.read_bytes()

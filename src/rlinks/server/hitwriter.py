@@ -18,10 +18,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import msgspec
 
+from rlinks.backends import Target
 from rlinks.hits import Hit
 from rlinks.server.logwriter import FRAME_HEADER, frame
 
@@ -46,7 +46,7 @@ class WriterStats:
 class HitWriter:
     def __init__(
         self,
-        data_dir: Path,
+        target: Target,
         *,
         durable: bool,
         max_group: int = 2048,
@@ -57,7 +57,7 @@ class HitWriter:
     ) -> None:
         """`on_commit(hits, seconds, queue depth)` after each group commit;
         `on_failure(hits)` when a group could not be appended."""
-        self._data_dir = data_dir
+        self._target = target
         self.durable = durable
         self._max_group = max_group
         # Async redirects do not wait for the commit, so the writer can wait a
@@ -84,7 +84,7 @@ class HitWriter:
             sys.executable,
             "-m",
             "rlinks.server.logwriter",
-            str(self._data_dir),
+            self._target.url or str(self._target.data_dir),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )

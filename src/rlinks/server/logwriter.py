@@ -1,6 +1,7 @@
 """The hit-log writer process: appends groups of hits for one server worker.
 
-It runs beside each server worker (`python -m rlinks.server.logwriter DATA`)
+It runs beside each server worker (`python -m rlinks.server.logwriter DATA`,
+DATA a data folder or a redis:// URL)
 so that the Python work of an append (encoding blocks, binding rows) never
 holds the worker's GIL: the event loop keeps answering redirects while a group
 commits. The two talk over the child's stdin and stdout in frames: a 4-byte
@@ -18,8 +19,9 @@ from typing import BinaryIO
 
 import msgspec
 
+from rlinks.backends import Target, open_log
 from rlinks.hits import Hit
-from rlinks.log.sqlite import SqliteHitLog
+from rlinks.redisdb import is_redis_url
 
 FRAME_HEADER = struct.Struct(">I")
 GROUP_DECODER = msgspec.msgpack.Decoder(list[Hit])
@@ -39,8 +41,8 @@ def frame(payload: bytes) -> bytes:
     return FRAME_HEADER.pack(len(payload)) + payload
 
 
-def serve(data_dir: Path, requests: BinaryIO, answers: BinaryIO) -> None:
-    log = SqliteHitLog(data_dir)
+def serve(target: Target, requests: BinaryIO, answers: BinaryIO) -> None:
+    log = open_log(target)
     try:
         while (payload := read_frame(requests)) is not None:
             hits = GROUP_DECODER.decode(payload)
@@ -56,7 +58,9 @@ def serve(data_dir: Path, requests: BinaryIO, answers: BinaryIO) -> None:
 
 
 def main() -> None:
-    serve(Path(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer)
+    where = sys.argv[1]
+    target = Target(url=where) if is_redis_url(where) else Target(data_dir=Path(where))
+    serve(target, sys.stdin.buffer, sys.stdout.buffer)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,13 @@ read from the stats store at scrape time, so they are right whoever runs BH2.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from rlinks.backends import open_log, open_store
+from rlinks.backends import Target, open_log, open_store
 from rlinks.status import read_status
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -59,12 +58,12 @@ class ServerMetrics:
 class _AggregatorCollector(Collector):
     """BH2's lag and KV writes, read from the store when scraped."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self._data_dir = data_dir
+    def __init__(self, target: Target) -> None:
+        self._target = target
 
     def collect(self) -> Iterator[Metric]:
-        log = open_log(self._data_dir, create=False)
-        store = open_store(self._data_dir)
+        log = open_log(self._target, create=False)
+        store = open_store(self._target)
         try:
             parts = read_status(log, store)
         finally:
@@ -88,8 +87,8 @@ class _AggregatorCollector(Collector):
         yield from (lag_hits, lag_s, writes)
 
 
-def render(multiproc_dir: str, data_dir: Path) -> bytes:
+def render(multiproc_dir: str, target: Target) -> bytes:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]
-    registry.register(_AggregatorCollector(data_dir))
+    registry.register(_AggregatorCollector(target))
     return generate_latest(registry)

@@ -9,7 +9,7 @@ from typing import Protocol
 import msgspec
 
 from rlinks.hits import Hit
-from rlinks.store.kvmodel import RemoteKV, SqliteKeyValue
+from rlinks.store.kvmodel import KeyValue, RemoteKV
 from rlinks.timefmt import MS_PER_DAY, day_to_iso
 
 
@@ -37,10 +37,10 @@ class KvSink:
     more reason for BH2. Kept for benchmarks.
     """
 
-    def __init__(self, kv: RemoteKV, open_kv: Callable[[], SqliteKeyValue]) -> None:
+    def __init__(self, kv: RemoteKV, open_kv: Callable[[], KeyValue]) -> None:
         self._kv = kv
         self._open_kv = open_kv
-        self._store: SqliteKeyValue | None = None
+        self._store: KeyValue | None = None
         self._decoder = msgspec.json.Decoder(_KvStats)
         self._encoder = msgspec.json.Encoder()
 

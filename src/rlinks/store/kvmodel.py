@@ -13,9 +13,13 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
+
+import msgspec
 
 from rlinks.errors import KvUnavailableError
+from rlinks.redisdb import NS
+from rlinks.redisdb import connect as connect_redis
 from rlinks.sqlitedb import Transaction, connect
 from rlinks.store.sqlite import KV_FILE
 from rlinks.timefmt import now_ms
@@ -30,6 +34,10 @@ class KvCalls:
     writes: int = 0
     key_rate_violations: int = 0
     failures: int = 0
+
+
+_CALLS = msgspec.json.Encoder()
+_CALLS_DECODER = msgspec.json.Decoder(KvCalls)
 
 
 class RemoteKV:
@@ -78,6 +86,16 @@ class RemoteKV:
             raise KvUnavailableError(f"KV {kind} of {key!r} failed (injected fault)")
 
 
+class KeyValue(Protocol):
+    """Plain keys and values, for the per-hit baseline (`--hits kv`)."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def put(self, key: str, value: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class SqliteKeyValue:
     """Plain keys and values in kv.db, for the per-hit baseline (`--hits kv`)."""
 
@@ -97,9 +115,61 @@ class SqliteKeyValue:
         self._conn.close()
 
 
+class RedisKeyValue:
+    """Plain keys and values on Redis (`rlinks:kv:<key>`), for `--hits kv` there."""
+
+    def __init__(self, url: str) -> None:
+        self._r: Any = connect_redis(url)
+
+    def get(self, key: str) -> bytes | None:
+        value = self._r.get(f"{NS}:kv:{key}")
+        return None if value is None else bytes(value)
+
+    def put(self, key: str, value: bytes) -> None:
+        self._r.set(f"{NS}:kv:{key}", value)
+
+    def close(self) -> None:
+        self._r.close()
+
+
+class CallLedger(Protocol):
+    """Each server process's KV call counts, kept in the store so `rlinks-bh2
+    status` (another process) can report them; cumulative per process run."""
+
+    def record(self, process: str, calls: KvCalls) -> None: ...
+
+    def totals(self) -> KvCalls: ...
+
+    def close(self) -> None: ...
+
+
+class RedisKvCallLedger:
+    """`CallLedger` on Redis: one hash field per process run."""
+
+    _KEY = f"{NS}:kv_calls"
+
+    def __init__(self, url: str) -> None:
+        self._r: Any = connect_redis(url)
+
+    def record(self, process: str, calls: KvCalls) -> None:
+        self._r.hset(self._KEY, process, _CALLS.encode(calls))
+
+    def totals(self) -> KvCalls:
+        total = KvCalls()
+        for raw in self._r.hvals(self._KEY):
+            calls = _CALLS_DECODER.decode(raw)
+            total.reads += calls.reads
+            total.writes += calls.writes
+            total.key_rate_violations += calls.key_rate_violations
+            total.failures += calls.failures
+        return total
+
+    def close(self) -> None:
+        self._r.close()
+
+
 class KvCallLedger:
-    """Each server process's KV call counts, kept in kv.db so `rlinks-bh2 status`
-    (another process) can report them. One row per process run, cumulative."""
+    """`CallLedger` in kv.db: one row per process run."""
 
     def __init__(self, data_dir: Path) -> None:
         self._conn = connect(Path(data_dir) / KV_FILE)

@@ -91,6 +91,29 @@ redis.call('HSET', KEYS[1], 'offset', 0, 'gen', old + 1, 'batches', 0, 'hits', 0
 return {epoch, old}
 """
 
+# KEYS: lease, wm. ARGV: owner, ttl ms. Take the lease if free or ours, with a
+# new epoch: {epoch, gen}; {0, 0} when another live worker holds it.
+_TRY_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return {0, 0} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local epoch = redis.call('HINCRBY', KEYS[2], 'epoch', 1)
+redis.call('HSETNX', KEYS[2], 'offset', 0)
+redis.call('HSETNX', KEYS[2], 'gen', 0)
+return {epoch, tonumber(redis.call('HGET', KEYS[2], 'gen'))}
+"""
+
+# KEYS: lease. ARGV: owner, ttl ms (0: release).
+_RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '0' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
 _WM_FIELDS = (
     "offset",
     "epoch",
@@ -116,6 +139,8 @@ class RedisStatsStore:
         self._apply = register(r, _APPLY)
         self._acquire = register(r, _ACQUIRE)
         self._reset = register(r, _RESET)
+        self._try_lease = register(r, _TRY_LEASE)
+        self._renew_lease = register(r, _RENEW_LEASE)
         self._gens: dict[int, int] = {}
         self._partitions: int | None = None
 
@@ -139,6 +164,32 @@ class RedisStatsStore:
         epoch, gen = self._acquire(keys=[Keys.p(partition, "wm")])
         self._gens[partition] = int(gen)
         return int(epoch)
+
+    # -- leases (rlinks.leases.LeaseStore) ----------------------------------------
+
+    def try_lease(self, partition: int, owner: str, ttl_ms: int) -> int | None:
+        self._r.sadd(Keys.watermarks, partition)
+        epoch, gen = self._try_lease(
+            keys=[Keys.p(partition, "lease"), Keys.p(partition, "wm")], args=[owner, ttl_ms]
+        )
+        if not epoch:
+            return None
+        self._gens[partition] = int(gen)
+        return int(epoch)
+
+    def renew_lease(self, partition: int, owner: str, ttl_ms: int) -> bool:
+        return bool(self._renew_lease(keys=[Keys.p(partition, "lease")], args=[owner, ttl_ms]))
+
+    def release_lease(self, partition: int, owner: str) -> None:
+        self._renew_lease(keys=[Keys.p(partition, "lease")], args=[owner, 0])
+
+    def heartbeat(self, worker: str, ttl_ms: int) -> list[str]:
+        now = now_ms()
+        pipe = self._r.pipeline(transaction=True)
+        pipe.zadd(Keys.workers, {worker: now + ttl_ms})
+        pipe.zremrangebyscore(Keys.workers, "-inf", now)
+        pipe.zrange(Keys.workers, 0, -1)
+        return sorted(w.decode() for w in pipe.execute()[2])
 
     def watermark(self, partition: int) -> Watermark:
         values = self._r.hmget(Keys.p(partition, "wm"), *_WM_FIELDS)

@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS watermarks (
     kv_writes INTEGER NOT NULL DEFAULT 0,
     key_rate_violations INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS leases (
+    partition INTEGER PRIMARY KEY, owner TEXT NOT NULL, expires_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workers (worker TEXT PRIMARY KEY, expires_ms INTEGER NOT NULL);
 """
 # Columns added after the first release: (name, definition), added to an older
 # kv.db when it is opened for writing, so old data folders keep working.
@@ -86,6 +90,45 @@ class SqliteStatsStore:
                 (partition,),
             ).fetchone()
         return int(epoch)
+
+    # -- leases (rlinks.leases.LeaseStore): wall-clock ms, one machine ---------------
+
+    def try_lease(self, partition: int, owner: str, ttl_ms: int) -> int | None:
+        now = now_ms()
+        with Transaction(self._conn) as c:
+            row = c.execute(
+                "SELECT owner, expires_ms FROM leases WHERE partition = ?", (partition,)
+            ).fetchone()
+            if row is not None and row[0] != owner and row[1] > now:
+                return None
+            c.execute(
+                "INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (partition, owner, now + ttl_ms)
+            )
+            c.execute("INSERT OR IGNORE INTO watermarks (partition) VALUES (?)", (partition,))
+            (epoch,) = c.execute(
+                "UPDATE watermarks SET epoch = epoch + 1 WHERE partition = ? RETURNING epoch",
+                (partition,),
+            ).fetchone()
+        return int(epoch)
+
+    def renew_lease(self, partition: int, owner: str, ttl_ms: int) -> bool:
+        with Transaction(self._conn) as c:
+            renewed = c.execute(
+                "UPDATE leases SET expires_ms = ? WHERE partition = ? AND owner = ?",
+                (now_ms() + ttl_ms, partition, owner),
+            ).rowcount
+        return renewed == 1
+
+    def release_lease(self, partition: int, owner: str) -> None:
+        with Transaction(self._conn) as c:
+            c.execute("DELETE FROM leases WHERE partition = ? AND owner = ?", (partition, owner))
+
+    def heartbeat(self, worker: str, ttl_ms: int) -> list[str]:
+        now = now_ms()
+        with Transaction(self._conn) as c:
+            c.execute("INSERT OR REPLACE INTO workers VALUES (?, ?)", (worker, now + ttl_ms))
+            c.execute("DELETE FROM workers WHERE expires_ms <= ?", (now,))
+            return [w for (w,) in c.execute("SELECT worker FROM workers ORDER BY worker")]
 
     def watermark(self, partition: int) -> Watermark:
         row = self._conn.execute(
