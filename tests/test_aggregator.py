@@ -58,6 +58,18 @@ class RecordingStore:
     def reset(self, partitions: int) -> dict[int, int]:
         return self.inner.reset(partitions)
 
+    def try_lease(self, partition: int, owner: str, ttl_ms: int) -> int | None:
+        return self.inner.try_lease(partition, owner, ttl_ms)
+
+    def renew_lease(self, partition: int, owner: str, ttl_ms: int) -> bool:
+        return self.inner.renew_lease(partition, owner, ttl_ms)
+
+    def release_lease(self, partition: int, owner: str) -> None:
+        self.inner.release_lease(partition, owner)
+
+    def heartbeat(self, worker: str, ttl_ms: int) -> list[str]:
+        return self.inner.heartbeat(worker, ttl_ms)
+
     def close(self) -> None:
         self.inner.close()
 

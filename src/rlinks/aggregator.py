@@ -6,6 +6,13 @@ last flush or `max_batch` hits are pending, whichever comes first. A lagging
 aggregator therefore catches up with back-to-back full batches. The watermark
 only moves inside `StatsStore.apply`, so a crash anywhere redoes the hits after
 it and ends with exact counts.
+
+Ownership: by default one aggregator takes every partition under a new epoch
+(an older one still running is fenced out). With an `Ownership` (leases,
+`run --partitions auto|LIST`) many workers share the partitions: each tick
+renews leases, takes free partitions up to a fair share and hands back extras;
+a partition whose apply is refused as stale was taken over, and is dropped
+rather than fatal.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import numpy as np
 
 from rlinks.batch import Batch, DayCounts
 from rlinks.crash import CrashPoints
-from rlinks.errors import WatermarkMismatchError
+from rlinks.errors import StaleEpochError, WatermarkMismatchError
+from rlinks.leases import Ownership
 from rlinks.log.base import HitLog, LogSlice
 from rlinks.settings import Settings
 from rlinks.status import read_status
@@ -39,6 +47,8 @@ class Counters:
     quarantined: int = 0  # records the log holds in quarantine (bad input never counted)
     lag_hits: int = 0
     lag_s: float = 0.0
+    partitions_owned: int = 0
+    partitions_lost: int = 0  # taken over by another worker (lease expired, stale epoch)
 
 
 @dataclass
@@ -80,6 +90,7 @@ class Aggregator:
         *,
         on_flush: Callable[[Batch, Counters], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ownership: Ownership | None = None,
     ) -> None:
         self._log = log
         self._store = store
@@ -89,17 +100,49 @@ class Aggregator:
         self._clock = clock
         self._stop = threading.Event()
         self._owned: list[_Partition] = []
+        self._ownership = ownership
+        self._next_tick = 0.0
         self.counters = Counters()
 
     def start(self) -> None:
-        """Take every partition of the log under a new epoch."""
+        """Take every partition of the log under a new epoch (or, with an
+        Ownership, the share the leases give)."""
         self._owned = []
-        for p in range(self._log.partitions):
-            epoch = self._store.acquire(p)
-            w = self._store.watermark(p).offset
-            self._owned.append(_Partition(p, epoch, w, w, self._clock()))
-            log.info("partition %d: epoch %d, watermark %d", p, epoch, w)
+        if self._ownership is not None:
+            self._tick()
+        else:
+            for p in range(self._log.partitions):
+                self._take(p, self._store.acquire(p))
         self.refresh_lag()
+
+    def _take(self, partition: int, epoch: int) -> None:
+        w = self._store.watermark(partition).offset
+        self._owned.append(_Partition(partition, epoch, w, w, self._clock()))
+        self.counters.partitions_owned = len(self._owned)
+        log.info("partition %d: epoch %d, watermark %d", partition, epoch, w)
+
+    def _drop(self, partition: int, why: str, *, level: int = logging.WARNING) -> None:
+        """Forget a partition (its pending hits were never applied)."""
+        self._owned = [p for p in self._owned if p.partition != partition]
+        self.counters.partitions_owned = len(self._owned)
+        log.log(level, "partition %d: %s", partition, why)
+
+    def _tick(self) -> None:
+        """Renew leases and rebalance (every third of the lease period)."""
+        assert self._ownership is not None
+        changes = self._ownership.tick()
+        for p in changes.lost:
+            self.counters.partitions_lost += 1
+            self._drop(p, "lease lost to another worker; its pending hits are theirs now")
+        for p, epoch in sorted(changes.gained.items()):
+            self._take(p, epoch)
+        for p in changes.surplus:
+            part = next(x for x in self._owned if x.partition == p)
+            if part.pending:
+                self._flush_partition(part)
+            self._ownership.release(p)
+            self._drop(p, "handed back for another worker (rebalancing)", level=logging.INFO)
+        self._next_tick = self._clock() + self._ownership.renew_every_s
 
     def stop(self) -> None:
         """Ask `run` to flush what it holds and return (safe from a signal handler)."""
@@ -109,7 +152,16 @@ class Aggregator:
         """Aggregate until stopped; with `once`, until the log is drained."""
         if not self._owned:
             self.start()
+        try:
+            return self._loop(once=once)
+        finally:
+            if self._ownership is not None:
+                self._ownership.release_all()
+
+    def _loop(self, *, once: bool) -> Counters:
         while not self._stop.is_set():
+            if self._ownership is not None and self._clock() >= self._next_tick:
+                self._tick()
             progressed = self._read_all()
             if once and not progressed:
                 self.flush()
@@ -136,7 +188,7 @@ class Aggregator:
     def _read_all(self) -> bool:
         """Read each partition up to max_batch pending; flush full ones."""
         progressed = False
-        for part in self._owned:
+        for part in list(self._owned):
             room = self._settings.max_batch - part.pending_hits
             if room > 0:
                 piece = self._log.read(part.partition, part.read_to, room)
@@ -152,7 +204,7 @@ class Aggregator:
 
     def flush(self) -> None:
         """Apply every partition's pending hits."""
-        for part in self._owned:
+        for part in list(self._owned):
             if part.pending:
                 self._flush_partition(part)
         self.refresh_lag()
@@ -162,6 +214,15 @@ class Aggregator:
         self._crash.reach("after_fold")
         try:
             self._store.apply(batch, before_commit=lambda: self._crash.reach("before_commit"))
+        except StaleEpochError as e:
+            if self._ownership is None:
+                raise
+            # A lease-holding worker that was paused past its lease: someone
+            # else owns the partition now. Nothing was written; let it go.
+            self.counters.partitions_lost += 1
+            self._ownership.owned.discard(part.partition)
+            self._drop(part.partition, f"{e}")
+            return
         except WatermarkMismatchError as e:
             # Someone else moved the watermark under our epoch: never guess, re-read.
             log.warning("%s", e)

@@ -30,6 +30,7 @@ from rlinks.cli.cost import cost
 from rlinks.errors import ConfigError
 from rlinks.file_aggregate import aggregate_file
 from rlinks.hits import WIRE_HIT_DECODER, to_hit, ts_reason
+from rlinks.leases import DEFAULT_LEASE_S, Ownership, parse_partitions
 from rlinks.ndjson import decode_chunk, read_chunks
 from rlinks.sample import write_sample
 from rlinks.settings import DEFAULT_MAX_BATCH, DEFAULT_WINDOW_S, Settings
@@ -223,18 +224,49 @@ def _size(src: str) -> int:
     help="Flush early when this many hits are pending (catch-up runs full batches).",
 )
 @click.option("--once", is_flag=True, help="Process everything in the log now, then exit 0.")
+@click.option(
+    "--partitions",
+    "which",
+    default="all",
+    show_default=True,
+    metavar="all|auto|LIST",
+    help="all: take every partition now, fencing out any other aggregator. "
+    "auto: share the partitions with the other `--partitions auto` workers "
+    "(leases; a dead worker's partitions move within about one --lease). "
+    "LIST (0,2,4-5): hold these partitions under leases.",
+)
+@click.option(
+    "--lease",
+    "lease_s",
+    type=click.FloatRange(min=0.3),
+    default=DEFAULT_LEASE_S,
+    show_default=True,
+    help="Seconds a worker's lease lasts without renewal (auto or LIST).",
+)
+@click.option("--worker-id", help="This worker's name in leases (default: host:pid:random).")
 @reports_errors
-def run(target: Target, window: float, max_batch: int, once: bool) -> None:
+def run(
+    target: Target,
+    window: float,
+    max_batch: int,
+    once: bool,
+    which: str,
+    lease_s: float,
+    worker_id: str | None,
+) -> None:
     """Run BH2: fold hits after the watermark into stats, exactly once.
 
-    Takes every partition under a new epoch; an older aggregator still running
-    is fenced out (its next apply is refused and it exits). SIGTERM or SIGINT
-    flush what is pending and stop cleanly.
+    By default takes every partition under a new epoch; an older aggregator
+    still running is fenced out (its next apply is refused and it exits 3).
+    With --partitions auto, any number of workers on any machines share the
+    partitions through leases, and a paused or dead worker's partitions move
+    to the others (its late applies are refused by the epoch, never counted).
+    SIGTERM or SIGINT flush what is pending and stop cleanly.
     """
     settings = Settings.build(
         target.data_dir, backend=target.url, window_s=window, max_batch=max_batch
     )
-    _aggregate(settings, once=once)
+    _aggregate(settings, once=once, which=which, lease_s=lease_s, worker=worker_id)
 
 
 def aggregate_now(settings: Settings) -> Counters:
@@ -259,9 +291,25 @@ def rebuild(target: Target) -> None:
     _aggregate(settings, once=True)
 
 
-def _aggregate(settings: Settings, *, once: bool) -> Counters:
+def _aggregate(
+    settings: Settings,
+    *,
+    once: bool,
+    which: str = "all",
+    lease_s: float = DEFAULT_LEASE_S,
+    worker: str | None = None,
+) -> Counters:
     log = open_log(settings.target, create=False)
     store = open_store(settings.target)
+    ownership = None
+    if which != "all":
+        ownership = Ownership(
+            store,
+            log.partitions,
+            wanted=parse_partitions(which, log.partitions),
+            worker=worker,
+            lease_s=lease_s,
+        )
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -284,7 +332,7 @@ def _aggregate(settings: Settings, *, once: bool) -> Counters:
         )
         progress.update(task, completed=counters.hits_read)
 
-    agg = Aggregator(log, store, settings, on_flush=on_flush)
+    agg = Aggregator(log, store, settings, on_flush=on_flush, ownership=ownership)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agg.stop())
     agg.start()
@@ -295,6 +343,11 @@ def _aggregate(settings: Settings, *, once: bool) -> Counters:
         counters = agg.run(once=once)
     finally:
         progress.stop()
+    if ownership is not None:
+        err.print(
+            f"worker {ownership.worker}: {counters.partitions_lost:,} partitions "
+            "lost to other workers"
+        )
     err.print(
         f"read {counters.hits_read:,} hits in {counters.batches:,} batches, "
         f"{counters.kv_writes:,} KV writes; lag {counters.lag_hits:,} hits; "

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from rlinks.batch import Batch, DeltaRow
+from rlinks.leases import LeaseStore
 
 # A hosted KV (Cloudflare Workers KV) allows one write per second per key.
 KEY_RATE_WINDOW_S = 1.0
@@ -45,9 +46,10 @@ class Snapshot:
     daily: dict[str, int] = field(default_factory=dict)
 
 
-class StatsStore(Protocol):
+class StatsStore(LeaseStore, Protocol):
     """Where BH2 writes. `apply` is the only write of stats and is atomic with the
-    watermark and fenced by the epoch."""
+    watermark and fenced by the epoch. Partitions are taken with `acquire` (one
+    aggregator takes all) or with the lease primitives (workers share them)."""
 
     def acquire(self, partition: int) -> int:
         """Take `partition` under a new, higher epoch; older epochs are refused."""
