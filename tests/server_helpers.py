@@ -146,12 +146,15 @@ def running_server(
     *flags: str,
     env: Mapping[str, str] | None = None,
     timeout: float = STARTUP_TIMEOUT_S,
+    backend: str | None = None,
 ) -> Iterator[Server]:
     """`rlinks serve --data DATA --port <free> FLAGS` on 127.0.0.1, healthy, stopped on exit.
 
     The environment has no inherited RLINKS_* variables (add them with `env`),
     and TMPDIR points next to the data folder, so the server's metrics folder
-    is cleaned up with the test's files even after a SIGKILL.
+    is cleaned up with the test's files even after a SIGKILL. With `backend`
+    (a redis:// URL) the server runs on it instead of on DATA (which then
+    only holds the server's logs).
     """
     tmp = data.parent / f"{data.name}-server-tmp"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -163,8 +166,7 @@ def running_server(
                 [
                     str(RLINKS),
                     "serve",
-                    "--data",
-                    str(data),
+                    *(("--backend", backend) if backend else ("--data", str(data))),
                     "--host",
                     HOST,
                     "--port",

@@ -17,6 +17,7 @@ rather than fatal.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -30,11 +31,14 @@ from rlinks.crash import CrashPoints
 from rlinks.errors import StaleEpochError, WatermarkMismatchError
 from rlinks.leases import Ownership
 from rlinks.log.base import HitLog, LogSlice
+from rlinks.redisdb import TRANSIENT_ERRORS
 from rlinks.settings import Settings
 from rlinks.status import read_status
 from rlinks.store.base import StatsStore
 
 log = logging.getLogger(__name__)
+RETRY_S = 1.0
+ONCE_RETRIES = 10
 
 
 @dataclass
@@ -48,6 +52,7 @@ class Counters:
     lag_hits: int = 0
     lag_s: float = 0.0
     partitions_owned: int = 0
+    store_outages: int = 0  # times the store could not be reached (then retried)
     partitions_lost: int = 0  # taken over by another worker (lease expired, stale epoch)
 
 
@@ -149,14 +154,34 @@ class Aggregator:
         self._stop.set()
 
     def run(self, *, once: bool = False) -> Counters:
-        """Aggregate until stopped; with `once`, until the log is drained."""
-        if not self._owned:
-            self.start()
+        """Aggregate until stopped; with `once`, until the log is drained.
+
+        When the store cannot be reached (Redis restarting, a network cut) it
+        waits and starts again from the stored watermarks: what it held but
+        had not applied is simply read again. `once` gives up after a few tries.
+        """
+        outages = 0
         try:
-            return self._loop(once=once)
+            while True:
+                try:
+                    if not self._owned:
+                        self.start()
+                    return self._loop(once=once)
+                except TRANSIENT_ERRORS as e:
+                    outages += 1
+                    self.counters.store_outages += 1
+                    if once and outages > ONCE_RETRIES:
+                        raise
+                    log.warning("store unavailable (%s); retrying in %.0f s", e, RETRY_S)
+                    if self._stop.wait(RETRY_S):
+                        return self.counters
+                    self._owned = []
+                    if self._ownership is not None:
+                        self._ownership.owned.clear()
         finally:
             if self._ownership is not None:
-                self._ownership.release_all()
+                with contextlib.suppress(*TRANSIENT_ERRORS):
+                    self._ownership.release_all()
 
     def _loop(self, *, once: bool) -> Counters:
         while not self._stop.is_set():

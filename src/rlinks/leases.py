@@ -40,7 +40,8 @@ class LeaseStore(Protocol):
         ...
 
     def renew_lease(self, partition: int, owner: str, ttl_ms: int) -> bool:
-        """Extend our lease; False if it expired and someone else holds it."""
+        """Extend our live lease; False once it expired (even if nobody took
+        it since: the worker takes it again with `try_lease`, a new epoch)."""
         ...
 
     def release_lease(self, partition: int, owner: str) -> None:
@@ -139,8 +140,8 @@ def parse_partitions(text: str, partitions: int) -> list[int] | None:
     out: list[int] = []
     try:
         for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            out.extend(range(int(lo), int(hi or lo) + 1))
+            lo, dash, hi = part.strip().partition("-")
+            out.extend(range(int(lo), int(hi if dash else lo) + 1))
     except ValueError:
         raise ConfigError(
             f"--partitions must be all, auto or a list like 0,2,4-5, not {text!r}"

@@ -20,6 +20,8 @@ from rlinks.errors import ConfigError
 Client: TypeAlias = "redis.Redis | redis.cluster.RedisCluster"
 
 SCHEMES = ("redis://", "rediss://")
+# Errors after which the same call may work again (a restart, a failover).
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
 NS = "rlinks"
 
 
@@ -55,6 +57,10 @@ def hide_password(url: str) -> str:
         return url
     user = auth.partition(":")[0]
     return f"{scheme}://{user}:***@{host}"
+
+
+def is_cluster(client: Client) -> bool:
+    return isinstance(client, redis.cluster.RedisCluster)
 
 
 def register(client: Client, lua: str) -> Script:

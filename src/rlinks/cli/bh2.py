@@ -27,6 +27,7 @@ from rlinks.backends import Target, open_call_ledger, open_log, open_store
 from rlinks.batch import Batch
 from rlinks.cli.common import data_option, err, json_option, out, print_json, reports_errors
 from rlinks.cli.cost import cost
+from rlinks.compact import DEFAULT_KEEP, compact, open_log_to_trim, parse_age, seed_from_summaries
 from rlinks.errors import ConfigError
 from rlinks.file_aggregate import aggregate_file
 from rlinks.hits import WIRE_HIT_DECODER, to_hit, ts_reason
@@ -35,7 +36,7 @@ from rlinks.ndjson import decode_chunk, read_chunks
 from rlinks.sample import write_sample
 from rlinks.settings import DEFAULT_MAX_BATCH, DEFAULT_WINDOW_S, Settings
 from rlinks.status import freshness, read_status, snapshot_json
-from rlinks.timefmt import format_lag, format_ms
+from rlinks.timefmt import format_lag, format_ms, now_ms
 from rlinks.verify import differences
 
 
@@ -280,15 +281,98 @@ def aggregate_now(settings: Settings) -> Counters:
 def rebuild(target: Target) -> None:
     """Recompute all stats from offset 0 under a new epoch.
 
-    Any aggregator still running is fenced out by the new epoch and stops; run
-    it again afterwards to keep stats fresh.
+    Hits that `compact` trimmed from the log are restored from its summary
+    (per code and UTC day) as each partition's first batch; the hits the log
+    still holds are then counted as usual. Any aggregator still running is
+    fenced out by the new epoch and stops; run it again afterwards to keep
+    stats fresh.
     """
     settings = Settings.build(target.data_dir, backend=target.url)
     log = open_log(target, create=False)
     store = open_store(target)
     epochs = store.reset(log.partitions)
-    err.print(f"stats cleared; watermarks at 0 (epochs {epochs}); recounting the log")
+    err.print(f"stats cleared; watermarks at 0 (epochs {epochs})")
+    seeded = seed_from_summaries(log, store, epochs)
+    for p, upto in seeded.items():
+        err.print(
+            f"partition {p}: offsets 1..{upto:,} were compacted; counted them from "
+            "the compaction summary"
+        )
+    err.print("recounting the log" + (" after the compacted offsets" if seeded else ""))
     _aggregate(settings, once=True)
+
+
+def _keep_ms(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
+    try:
+        return parse_age(value)
+    except ConfigError as e:
+        raise click.BadParameter(str(e)) from e
+
+
+@cli.command("compact")
+@data_option
+@click.option(
+    "--keep",
+    "keep_ms",
+    default=DEFAULT_KEEP,
+    show_default=True,
+    metavar="AGE",
+    callback=_keep_ms,
+    help="Keep every block holding a hit younger than this: 30d, 12h, 90m, 45s, "
+    "or 0 (trim everything counted).",
+)
+@json_option
+@reports_errors
+def compact_log(target: Target, keep_ms: int, as_json: bool) -> None:
+    """Trim counted hits older than --keep from the HITS log, keeping counts exact.
+
+    Per partition, whole blocks are dropped from the start of the log while
+    they end at or below the stats watermark and hold no hit younger than
+    --keep; nothing above the watermark is ever trimmed. The dropped hits are
+    folded, in the same atomic step, into a per-partition summary (hits, first
+    and last hit per code and UTC day), which `verify` and `rebuild` use in
+    their place, so both stay exact. Running it again only trims what has
+    aged or been counted since.
+
+    \b
+    Duplicate ids after compaction:
+      --data (SQLite): the ids of trimmed hits are forgotten with them, so the
+        dedup horizon becomes the retention: a hit resent after its block was
+        trimmed is logged and counted again.
+      --backend (Redis): ids are remembered for the log's dedup horizon
+        (24 h) whether or not their hits were trimmed.
+
+    An aggregator whose watermark is below the trimmed offsets (for example a
+    reset stats store) stops with a gap error instead of miscounting;
+    `rebuild` recounts from the summary.
+    """
+    log = open_log_to_trim(target)
+    store = open_store(target)
+    older_than = now_ms() - keep_ms
+    done = compact(log, store, older_than_ms=older_than)
+    if as_json:
+        print_json(
+            {
+                "keep_ms": keep_ms,
+                "older_than": format_ms(older_than),
+                "dropped": sum(c.dropped for c in done),
+                "partitions": [c.__dict__ for c in done],
+            }
+        )
+    else:
+        for c in done:
+            out.print(
+                f"partition {c.partition}: dropped {c.dropped:,} hits; compacted up to "
+                f"offset {c.compacted_upto:,} (watermark {c.watermark:,})"
+            )
+    for c in done:
+        if c.compacted_upto > c.watermark:
+            err.print(
+                f"[bold yellow]warning:[/] partition {c.partition}: the watermark "
+                f"{c.watermark:,} is below the compacted offset {c.compacted_upto:,}; "
+                "the aggregator will stop with a gap error: run `rlinks-bh2 rebuild`",
+                markup=True,
+            )
 
 
 def _aggregate(

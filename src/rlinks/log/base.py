@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from rlinks.batch import DeltaRow
+from rlinks.errors import LogGapError
 from rlinks.hits import Hit, Quarantined
 
 
@@ -60,6 +62,44 @@ def partition_of(code: str, partitions: int) -> int:
     return zlib.crc32(code.encode()) % partitions
 
 
+def gap_error(partition: int, lo: int, hi: int) -> LogGapError:
+    """The error for offsets `lo..hi` missing where a reader needs them."""
+    return LogGapError(
+        f"partition {partition}: the log holds no hits at offsets {lo}..{hi} "
+        "(trimmed below the watermark?); counts after this point would be wrong, "
+        "so nothing is read. If `rlinks-bh2 compact` trimmed them, `rlinks-bh2 rebuild` "
+        "recounts from its summary"
+    )
+
+
+def blocks_to_trim(
+    partition: int,
+    compacted_upto: int,
+    blocks: Iterable[tuple[int, int, int]],
+    upto_offset: int,
+    older_than_ms: int,
+) -> int:
+    """How many of the leading `blocks` ((first offset, last offset, newest ts),
+    in offset order, starting just after `compacted_upto`) a trim drops.
+
+    Only a prefix goes, so "compacted up to" stays one offset: the first block
+    that ends above `upto_offset` or holds a hit at or after `older_than_ms`
+    stops the trim, even if older blocks follow it. A hole before a block to
+    drop raises LogGapError: folding past it would hide hits the summary
+    never saw.
+    """
+    expected = compacted_upto + 1
+    n = 0
+    for first, last, newest_ms in blocks:
+        if last > upto_offset or newest_ms >= older_than_ms:
+            break
+        if first != expected:
+            raise gap_error(partition, expected, first - 1)
+        expected = last + 1
+        n += 1
+    return n
+
+
 class HitLog(Protocol):
     """Append-only log of hits. Offsets strictly increase within a partition and
     are never reused; appending a hit whose id is already logged does nothing."""
@@ -81,7 +121,8 @@ class HitLog(Protocol):
         ...
 
     def records(self, partition: int, after_offset: int = 0) -> Iterator[tuple[int, Hit]]:
-        """Every full hit record after `after_offset`, with its offset."""
+        """Every full hit record the log still holds after `after_offset`, with
+        its offset (trimmed hits are gone; `compacted` summarises them)."""
         ...
 
     def end(self, partition: int) -> LogEnd: ...
@@ -92,6 +133,27 @@ class HitLog(Protocol):
 
     def quarantined(self) -> int:
         """How many records were quarantined in all."""
+        ...
+
+    def trim(self, partition: int, upto_offset: int, older_than_ms: int) -> int:
+        """Drop whole blocks from the start of `partition` that end at or below
+        `upto_offset` and whose newest hit is older than `older_than_ms`; the
+        hits dropped.
+
+        Redis holds every entry in memory and SQLite grows without end, so
+        counted hits must go; but `verify` and `rebuild` still need their
+        counts. So the dropped hits are first folded into the partition's
+        compacted summary (per code and UTC day), and the summary, the
+        compacted offset and the deletion commit as one atomic step: a crash
+        leaves either the blocks or their summary, never both or neither.
+        Callers pass at most the stats watermark as `upto_offset`.
+        """
+        ...
+
+    def compacted(self, partition: int) -> tuple[int, list[DeltaRow]]:
+        """The offset `partition` is compacted up to (0: never trimmed) and the
+        summary of every hit trimmed at or below it, as (code, day, hits,
+        first_ms, last_ms) rows ordered by code and day; read atomically."""
         ...
 
     def close(self) -> None: ...

@@ -14,6 +14,14 @@ records the ids. When some id is already there it writes nothing and says
 which, and the client resends the rest: exact within the horizon, even with two
 producers racing. Ids sit in one hash per hour of append time that expires
 after the horizon.
+
+`trim` (compaction) drops a prefix of a partition's entries with `XTRIM MINID`
+in a Lua script that, in the same step, folds their hits into the hash
+`{pN}:compacted` (field `<day>:<code>` = `hits:first_ms:last_ms`, field `upto` =
+the offset compacted up to). The client folds the entries it read; the script
+first checks that `upto` is still what the client saw, so two compactors
+racing never fold a block twice. The id buckets are left alone: dedup stays
+horizon-based whether or not a hit was trimmed.
 """
 
 from __future__ import annotations
@@ -25,17 +33,22 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
-from rlinks.errors import ConfigError, LogGapError
+from rlinks.batch import DayCounts, DeltaRow
+from rlinks.errors import ConfigError
 from rlinks.hits import Hit, Quarantined
-from rlinks.log.base import LogEnd, LogSlice, Position, partition_of
+from rlinks.log.base import LogEnd, LogSlice, Position, blocks_to_trim, gap_error, partition_of
 from rlinks.log.sqlite import BLOCK_HITS
-from rlinks.redisdb import Client, Keys, as_int, connect, register
+from rlinks.redisdb import Client, Keys, as_int, connect, is_cluster, register
 from rlinks.timefmt import now_ms
 
 DEFAULT_DEDUP_HORIZON_S = 24 * 3600
 _BUCKET_S = 3600  # one id hash per hour of append time
 _READ_ENTRIES = 16  # stream entries (blocks) fetched per XRANGE
+# Entries (up to 131,072 hits) folded and dropped per trim script: Redis runs
+# one script at a time, so each stays short.
+_TRIM_ENTRIES = 32
 
 _RECORDS = msgspec.msgpack.Encoder()
 _RECORDS_DECODER = msgspec.msgpack.Decoder(list[Hit])
@@ -92,6 +105,43 @@ end
 return {0, last}
 """
 
+# KEYS: compacted hash, stream. ARGV: upto the client read, new upto, rows, then
+# per row: field '<day>:<code>', hits, first ms, last ms. Returns {0, entries
+# dropped}, or {1, upto} without writing when another compactor moved `upto`.
+_TRIM = """
+local done = redis.call('HGET', KEYS[1], 'upto') or '0'
+if done ~= ARGV[1] then return {1, tonumber(done)} end
+local at = 4
+for r = 1, tonumber(ARGV[3]) do
+  local hits = tonumber(ARGV[at + 1])
+  local first = tonumber(ARGV[at + 2])
+  local last = tonumber(ARGV[at + 3])
+  local old = redis.call('HGET', KEYS[1], ARGV[at])
+  if old then
+    local h, f, l = string.match(old, '^(%-?%d+):(%-?%d+):(%-?%d+)$')
+    hits = hits + tonumber(h)
+    first = math.min(first, tonumber(f))
+    last = math.max(last, tonumber(l))
+  end
+  redis.call('HSET', KEYS[1], ARGV[at], string.format('%d:%d:%d', hits, first, last))
+  at = at + 4
+end
+local minid = string.format('%d-0', tonumber(ARGV[2]) + 1)
+local dropped = redis.call('XTRIM', KEYS[2], 'MINID', minid)
+redis.call('HSET', KEYS[1], 'upto', ARGV[2])
+return {0, dropped}
+"""
+
+
+def _pairs(flat: list[Any]) -> dict[bytes, Any]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _xrange_page(page: list[Any]) -> list[tuple[bytes, dict[bytes, Any]]]:
+    """An XRANGE reply as (id, fields) pairs, also when it came through a
+    cluster's MULTI, which hands it back unparsed: [id, [k, v, ...]]."""
+    return [(i, f if isinstance(f, dict) else _pairs(f)) for i, f in page]
+
 
 class RedisHitLog:
     """`HitLog` on Redis (or Redis Cluster). Shared by any number of processes."""
@@ -119,6 +169,8 @@ class RedisHitLog:
         self._partitions = int(stored)
         self._horizon_s = dedup_horizon_s
         self._append = register(r, _APPEND)
+        self._trim = register(r, _TRIM)
+        self._cluster = is_cluster(r)
         self._code_ids: dict[str, int] = {}
         self._names: list[str] = [""]  # reader-side ids, 1-based like SQLite's
 
@@ -146,12 +198,13 @@ class RedisHitLog:
             # One round trip for every partition's script (a pipeline; on a
             # cluster, one per node). A partition whose ids were partly
             # logged writes nothing and goes round again without them.
-            pipe = self._r.pipeline(transaction=False)
             order = list(pending.items())
-            for partition, indexes in order:
-                self._append_call(pipe, partition, [hits[i] for i in indexes], fresh_ids)
+            replies = self._append_calls(
+                [(partition, [hits[i] for i in indexes]) for partition, indexes in order],
+                fresh_ids,
+            )
             retry: dict[int, list[int]] = {}
-            for (partition, indexes), reply in zip(order, pipe.execute(), strict=True):
+            for (partition, indexes), reply in zip(order, replies, strict=True):
                 if int(reply[0]) == 0:
                     last = int(reply[1])
                     first = last - len(indexes) + 1
@@ -175,7 +228,18 @@ class RedisHitLog:
                 positions[i] = original._replace(duplicate=True)
         return [p for p in positions if p is not None]
 
-    def _append_call(self, pipe: Any, partition: int, hits: list[Hit], fresh_ids: bool) -> None:
+    def _append_calls(self, calls: list[tuple[int, list[Hit]]], fresh_ids: bool) -> list[Any]:
+        """Run the append script per partition: pipelined on one server; one
+        by one on a cluster, where a pipeline cannot load a script a node
+        lacks (and resending a half-run pipeline would log fresh hits twice)."""
+        if self._cluster:
+            return [self._append_call(self._r, p, hits, fresh_ids) for p, hits in calls]
+        pipe = self._r.pipeline(transaction=False)
+        for p, hits in calls:
+            self._append_call(pipe, p, hits, fresh_ids)
+        return list(pipe.execute())
+
+    def _append_call(self, pipe: Any, partition: int, hits: list[Hit], fresh_ids: bool) -> Any:
         bucket = int(time.time()) // _BUCKET_S
         older = range(bucket - self._horizon_s // _BUCKET_S - 1, bucket)
         keys = [
@@ -208,7 +272,7 @@ class RedisHitLog:
                 int(times.max()),
                 _RECORDS.encode(block),
             ]
-        self._append(keys=keys, args=args, client=pipe)
+        return self._append(keys=keys, args=args, client=pipe)
 
     # -- reading ---------------------------------------------------------------
 
@@ -220,14 +284,15 @@ class RedisHitLog:
         Raises LogGapError when the partition's end is above `after_offset` but
         no entry is: the first page and the end are read in one MULTI (same
         slot), so an append landing between them cannot look like a gap."""
-        start = f"{after_offset + 1}-0"
+        start: str | bytes = f"{after_offset + 1}-0"
         key = Keys.p(partition, "hits")
         pipe = self._r.pipeline(transaction=True)
         pipe.hget(Keys.p(partition, "end"), "end")
         pipe.xrange(key, min=start, max="+", count=_READ_ENTRIES)
         end, page = pipe.execute()
+        page = _xrange_page(page)
         if check_gap and not page and as_int(end) > after_offset:
-            raise self._gap(partition, after_offset + 1, as_int(end))
+            raise gap_error(partition, after_offset + 1, as_int(end))
         while True:
             for entry_id, fields in page:
                 yield int(entry_id.split(b"-")[0]), fields
@@ -244,15 +309,12 @@ class RedisHitLog:
         for last, fields in self._entries(partition, after_offset):
             first = int(fields[b"f"])
             if first > end + 1:
-                raise self._gap(partition, end + 1, first - 1)
+                raise gap_error(partition, end + 1, first - 1)
             skip = end + 1 - first
             take = min(last - first + 1 - skip, limit - taken)
-            global_ids = np.fromiter(
-                (self._intern(name) for name in _NAMES_DECODER.decode(fields[b"c"])), np.int32
-            )
-            local = np.frombuffer(fields[b"i"], np.int32)[skip : skip + take]
-            code_parts.append(global_ids[local])
-            ts_parts.append(np.frombuffer(fields[b"t"], np.int64)[skip : skip + take])
+            codes, ts = self._columns(fields, skip, take)
+            code_parts.append(codes)
+            ts_parts.append(ts)
             taken += take
             end += take
             if taken >= limit:
@@ -266,13 +328,16 @@ class RedisHitLog:
             names=self._names,
         )
 
-    @staticmethod
-    def _gap(partition: int, lo: int, hi: int) -> LogGapError:
-        return LogGapError(
-            f"partition {partition}: the log holds no hits at offsets {lo}..{hi} "
-            "(trimmed below the watermark?); counts after this point would be wrong, "
-            "so nothing is read"
-        )
+    def _columns(
+        self, fields: dict[bytes, Any], skip: int = 0, take: int | None = None
+    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+        """Hits `skip..skip+take` of an entry as (code ids in this reader's
+        table, times), without a per-hit Python object."""
+        names = _NAMES_DECODER.decode(fields[b"c"])
+        global_ids = np.fromiter((self._intern(n) for n in names), np.int32, len(names))
+        end = None if take is None else skip + take
+        local = np.frombuffer(fields[b"i"], np.int32)[skip:end]
+        return global_ids[local], np.frombuffer(fields[b"t"], np.int64)[skip:end]
 
     def _intern(self, code: str) -> int:
         code_id = self._code_ids.get(code)
@@ -282,7 +347,7 @@ class RedisHitLog:
         return code_id
 
     def records(self, partition: int, after_offset: int = 0) -> Iterator[tuple[int, Hit]]:
-        for _last, fields in self._entries(partition, after_offset):
+        for _last, fields in self._entries(partition, after_offset, check_gap=False):
             first = int(fields[b"f"])
             for offset, hit in zip(itertools.count(first), _RECORDS_DECODER.decode(fields[b"r"])):
                 if offset > after_offset:
@@ -294,21 +359,62 @@ class RedisHitLog:
         end, max_ts = self._r.hmget(Keys.p(partition, "end"), "end", "max_ts")
         return LogEnd(partition, as_int(end), None if max_ts is None else int(max_ts))
 
-    # -- trimming --------------------------------------------------------------
+    # -- compaction ------------------------------------------------------------
 
     def trim(self, partition: int, upto_offset: int, older_than_ms: int) -> int:
-        """Drop whole blocks whose last offset is <= `upto_offset` and whose
-        newest hit is older than `older_than_ms`; the hits dropped."""
-        cut = 0
         dropped = 0
-        for last, fields in self._entries(partition, 0, check_gap=False):
-            if last > upto_offset or int(fields[b"m"]) >= older_than_ms:
-                break
-            cut = last
-            dropped += last - int(fields[b"f"]) + 1
-        if cut:
-            self._r.xtrim(Keys.p(partition, "hits"), minid=f"{cut + 1}-0", approximate=False)
-        return dropped
+        while True:
+            hits, more = self._trim_some(partition, upto_offset, older_than_ms)
+            dropped += hits
+            if not more:
+                return dropped
+
+    def _trim_some(self, partition: int, upto_offset: int, older_than_ms: int) -> tuple[int, bool]:
+        """Fold and drop up to `_TRIM_ENTRIES` entries in one script: (hits
+        dropped, whether more entries may be trimmable)."""
+        summary, stream = Keys.p(partition, "compacted"), Keys.p(partition, "hits")
+        # Step 1. Where the partition is compacted up to, and the entries after
+        # it, in one MULTI (one slot), so they agree.
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hget(summary, "upto")
+        pipe.xrange(stream, min="-", max="+", count=_TRIM_ENTRIES)
+        upto, reply = pipe.execute()
+        page = _xrange_page(reply)
+        done = as_int(upto)
+        blocks = [
+            (int(fields[b"f"]), int(entry_id.split(b"-")[0]), int(fields[b"m"]))
+            for entry_id, fields in page
+        ]
+        n = blocks_to_trim(partition, done, blocks, upto_offset, older_than_ms)
+        if not n:
+            return 0, False
+        # Step 2. Fold their hits here (the script only merges rows).
+        columns = [self._columns(fields) for _id, fields in page[:n]]
+        counts = DayCounts.of_hits(
+            np.concatenate([codes for codes, _ts in columns]),
+            np.concatenate([ts for _codes, ts in columns]),
+        )
+        rows = counts.rows(self._names)
+        args: list[Any] = [done, blocks[n - 1][1], len(rows)]
+        for code, day, hits, first_ms, last_ms in rows:
+            args += [f"{day}:{code}", hits, first_ms, last_ms]
+        # Step 3. Merge, trim and move `upto` in one script, if `upto` is
+        # still `done`; else another compactor got there first: read again.
+        status, _ = self._trim(keys=[summary, stream], args=args)
+        if int(status) != 0:
+            return 0, True
+        return int(counts.hits.sum()), n == len(page) == _TRIM_ENTRIES
+
+    def compacted(self, partition: int) -> tuple[int, list[DeltaRow]]:
+        fields = self._r.hgetall(Keys.p(partition, "compacted"))  # one command: consistent
+        upto = as_int(fields.pop(b"upto", None))
+        rows: list[DeltaRow] = []
+        for name, value in fields.items():
+            day, _, code = name.decode().partition(":")
+            hits, first_ms, last_ms = map(int, value.split(b":"))
+            rows.append((code, int(day), hits, first_ms, last_ms))
+        rows.sort(key=lambda r: (r[0], r[1]))
+        return upto, rows
 
     # -- quarantine ------------------------------------------------------------
 

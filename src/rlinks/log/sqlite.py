@@ -5,6 +5,13 @@ partition, holding the full records (msgpack) and two derived columns, code ids
 (int32) and timestamps (int64), so the aggregator reads a block as arrays. This
 is Kafka's record batch: one row and one index entry per append, not per hit.
 Hit ids live in `hit_ids` (one row per hit), which makes appends idempotent.
+
+`trim` (compaction) deletes a prefix of a partition's blocks and, in the same
+transaction, folds their hits into `compacted_days` (per code id and UTC day)
+and moves `compaction.upto`. It also deletes the trimmed hits' `hit_ids` rows,
+so the dedup horizon of a compacted log is its retention: an id resent after
+its hit was trimmed is logged again. `partitions.end_offset` never moves back:
+offsets are never reused.
 """
 
 from __future__ import annotations
@@ -17,15 +24,19 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from rlinks.errors import ConfigError, LogGapError
+from rlinks.batch import DayCounts, DeltaRow
+from rlinks.errors import ConfigError
 from rlinks.hits import Hit, Quarantined
-from rlinks.log.base import LogEnd, LogSlice, Position, partition_of
+from rlinks.log.base import LogEnd, LogSlice, Position, blocks_to_trim, gap_error, partition_of
 from rlinks.sqlitedb import Transaction, connect
 from rlinks.timefmt import now_ms
 
 HITS_FILE = "hits.db"
 BLOCK_HITS = 4096  # the most hits one row holds; larger appends span rows
 _ID_LOOKUP_CHUNK = 500  # stays under SQLite's bound-parameter limit
+# Blocks (up to 262,144 hits) folded and deleted per trim transaction: the
+# write lock the server's appends wait for is held only that long.
+_TRIM_BLOCKS = 64
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -49,6 +60,19 @@ CREATE UNIQUE INDEX IF NOT EXISTS blocks_position ON blocks (partition, last_off
 CREATE TABLE IF NOT EXISTS hit_ids (
     id TEXT PRIMARY KEY, partition INTEGER NOT NULL, offset INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS compaction (
+    partition INTEGER PRIMARY KEY,
+    upto INTEGER NOT NULL          -- hits at offsets <= upto are trimmed, summarised below
+);
+CREATE TABLE IF NOT EXISTS compacted_days (
+    partition INTEGER NOT NULL,
+    code_id INTEGER NOT NULL,
+    day INTEGER NOT NULL,          -- days since 1970-01-01 UTC
+    hits INTEGER NOT NULL,
+    first_ms INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    PRIMARY KEY (partition, code_id, day)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY,
     source TEXT NOT NULL,
@@ -60,8 +84,23 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 """
 
+_FOLD = (
+    "INSERT INTO compacted_days VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+    " hits = hits + excluded.hits,"
+    " first_ms = min(first_ms, excluded.first_ms),"
+    " last_ms = max(last_ms, excluded.last_ms)"
+)
+
+
+class _HitId(msgspec.Struct, array_like=True):
+    """The first field of a logged Hit: decoding only it skips the rest."""
+
+    id: str
+
+
 _RECORDS = msgspec.msgpack.Encoder()
 _RECORDS_DECODER = msgspec.msgpack.Decoder(list[Hit])
+_IDS_DECODER = msgspec.msgpack.Decoder(list[_HitId])
 
 
 class SqliteHitLog:
@@ -211,11 +250,7 @@ class SqliteHitLog:
         )
         for first, last, code_blob, ts_blob in rows:
             if first > end + 1:
-                raise LogGapError(
-                    f"partition {partition}: the log holds no hits at offsets "
-                    f"{end + 1}..{first - 1} (trimmed below the watermark?); "
-                    "counts after this point would be wrong, so nothing is read"
-                )
+                raise gap_error(partition, end + 1, first - 1)
             skip = end + 1 - first  # a batch may have ended inside this block
             take = min(last - first + 1 - skip, limit - taken)
             code_parts.append(np.frombuffer(code_blob, np.int32)[skip : skip + take])
@@ -225,6 +260,8 @@ class SqliteHitLog:
             if taken >= limit:
                 break
         rows.close()
+        if not taken:
+            self._check_nothing_missing(partition, after_offset)
         codes = np.concatenate(code_parts) if code_parts else np.empty(0, np.int32)
         if codes.size and int(codes.max()) >= len(self._names):
             self._load_names()
@@ -236,6 +273,18 @@ class SqliteHitLog:
             ts_ms=np.concatenate(ts_parts) if ts_parts else np.empty(0, np.int64),
             names=self._names,
         )
+
+    def _check_nothing_missing(self, partition: int, after_offset: int) -> None:
+        """Raise LogGapError if offsets after `after_offset` were assigned but no
+        block holds them (all trimmed). One statement, so one snapshot: an
+        append landing meanwhile cannot look like a gap."""
+        row = self._conn.execute(
+            "SELECT end_offset, EXISTS (SELECT 1 FROM blocks"
+            " WHERE partition = ?1 AND last_offset > ?2) FROM partitions WHERE partition = ?1",
+            (partition, after_offset),
+        ).fetchone()
+        if row is not None and row[0] > after_offset and not row[1]:
+            raise gap_error(partition, after_offset + 1, row[0])
 
     def _load_names(self) -> None:
         for code_id, code in self._conn.execute(
@@ -263,6 +312,97 @@ class SqliteHitLog:
         if row is None:
             raise ConfigError(f"the log has no partition {partition} (it has {self._partitions})")
         return LogEnd(partition, row[0], row[1])
+
+    # -- compaction ------------------------------------------------------------
+
+    def trim(self, partition: int, upto_offset: int, older_than_ms: int) -> int:
+        dropped = 0
+        while True:
+            with Transaction(self._conn) as c:
+                hits, more = self._trim_some(c, partition, upto_offset, older_than_ms)
+            dropped += hits
+            if not more:
+                return dropped
+
+    def _trim_some(
+        self, c: sqlite3.Connection, partition: int, upto_offset: int, older_than_ms: int
+    ) -> tuple[int, bool]:
+        """Fold and delete up to `_TRIM_BLOCKS` blocks in the caller's
+        transaction: (hits dropped, whether more blocks may be trimmable)."""
+        # Step 1. Where the partition is compacted up to, and the blocks after it.
+        done = self._compacted_upto(c, partition)
+        blocks = c.execute(
+            "SELECT first_offset, last_offset, max_ts_ms, code_ids, ts_ms, records FROM blocks"
+            " WHERE partition = ? AND last_offset > ? ORDER BY last_offset LIMIT ?",
+            (partition, done, _TRIM_BLOCKS),
+        ).fetchall()
+        n = blocks_to_trim(partition, done, (b[:3] for b in blocks), upto_offset, older_than_ms)
+        if not n:
+            return 0, False
+        dropped = blocks[:n]
+        cut = dropped[-1][1]
+        # Step 2. Fold their hits into the summary (by code id, like the blocks).
+        counts = DayCounts.of_hits(
+            np.concatenate([np.frombuffer(b[3], np.int32) for b in dropped]),
+            np.concatenate([np.frombuffer(b[4], np.int64) for b in dropped]),
+        )
+        c.executemany(
+            _FOLD,
+            zip(
+                itertools.repeat(partition),
+                counts.code_ids.tolist(),
+                counts.days.tolist(),
+                counts.hits.tolist(),
+                counts.firsts.tolist(),
+                counts.lasts.tolist(),
+            ),
+        )
+        # Step 3. Delete the blocks and their ids (by primary key: an index on
+        # offsets would cost every append a second index write).
+        c.execute(
+            "DELETE FROM blocks WHERE partition = ? AND last_offset > ? AND last_offset <= ?",
+            (partition, done, cut),
+        )
+        c.executemany(
+            "DELETE FROM hit_ids WHERE id = ? AND partition = ? AND offset = ?",
+            (
+                (h.id, partition, offset)
+                for first, _last, _m, _c, _t, records in dropped
+                for offset, h in zip(itertools.count(first), _IDS_DECODER.decode(records))
+            ),
+        )
+        # Step 4. Move the compacted offset; COMMIT is the caller's.
+        c.execute(
+            "INSERT INTO compaction VALUES (?, ?) ON CONFLICT DO UPDATE SET upto = excluded.upto",
+            (partition, cut),
+        )
+        return int(counts.hits.sum()), n == len(blocks) == _TRIM_BLOCKS
+
+    @staticmethod
+    def _compacted_upto(c: sqlite3.Connection, partition: int) -> int:
+        row = c.execute("SELECT upto FROM compaction WHERE partition = ?", (partition,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def compacted(self, partition: int) -> tuple[int, list[DeltaRow]]:
+        if not self._has_compaction_tables():
+            return 0, []  # a log written before compaction existed, opened read-only
+        self._conn.execute("BEGIN")  # one snapshot: the offset and the rows agree
+        try:
+            upto = self._compacted_upto(self._conn, partition)
+            rows = self._conn.execute(
+                "SELECT code, day, hits, first_ms, last_ms FROM compacted_days"
+                " JOIN codes USING (code_id) WHERE partition = ? ORDER BY code, day",
+                (partition,),
+            ).fetchall()
+        finally:
+            self._conn.execute("COMMIT")
+        return upto, rows
+
+    def _has_compaction_tables(self) -> bool:
+        (n,) = self._conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('compaction', 'compacted_days')"
+        ).fetchone()
+        return bool(n == 2)
 
     # -- quarantine ------------------------------------------------------------
 

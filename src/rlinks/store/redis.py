@@ -103,7 +103,8 @@ redis.call('HSETNX', KEYS[2], 'gen', 0)
 return {epoch, tonumber(redis.call('HGET', KEYS[2], 'gen'))}
 """
 
-# KEYS: lease. ARGV: owner, ttl ms (0: release).
+# KEYS: lease. ARGV: owner, ttl ms (0: release). An expired lease is lost, as
+# in the SQLite store: the worker takes the partition again with a new epoch.
 _RENEW_LEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if ARGV[2] == '0' then

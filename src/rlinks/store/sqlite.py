@@ -113,9 +113,11 @@ class SqliteStatsStore:
 
     def renew_lease(self, partition: int, owner: str, ttl_ms: int) -> bool:
         with Transaction(self._conn) as c:
+            now = now_ms()
             renewed = c.execute(
-                "UPDATE leases SET expires_ms = ? WHERE partition = ? AND owner = ?",
-                (now_ms() + ttl_ms, partition, owner),
+                "UPDATE leases SET expires_ms = ?"
+                " WHERE partition = ? AND owner = ? AND expires_ms > ?",
+                (now + ttl_ms, partition, owner, now),
             ).rowcount
         return renewed == 1
 
