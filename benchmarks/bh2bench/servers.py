@@ -117,12 +117,16 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 @contextlib.contextmanager
-def rlinks_server(data: Path, flags: Sequence[str], log: Path) -> Iterator[Server]:
-    """`rlinks serve --data DATA FLAGS` on a free port, ready, stopped on exit."""
+def rlinks_server(
+    data: Path, flags: Sequence[str], log: Path, *, backend: str | None = None
+) -> Iterator[Server]:
+    """`rlinks serve --data DATA FLAGS` (or `--backend URL`) on a free port, ready,
+    stopped on exit."""
     port = free_port()
+    where = ("--backend", backend) if backend else ("--data", str(data))
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [BIN / "rlinks", "serve", "--data", data, "--host", HOST, "--port", str(port), *flags],
+            [BIN / "rlinks", "serve", *where, "--host", HOST, "--port", str(port), *flags],
             env=child_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
