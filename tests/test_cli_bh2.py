@@ -12,9 +12,29 @@ from typing import Any
 import pytest
 
 from rlinks.hits import Hit
-from tests.conftest import MS_PER_DAY, RLINKS, copy_folder, recount, run_cli, utc_day
+from tests.conftest import (
+    MS_PER_DAY,
+    RLINKS,
+    Backend,
+    copy_folder,
+    open_backend,
+    recount,
+    run_cli,
+    utc_day,
+)
 
-BH2_COMMANDS = ["ingest", "aggregate", "run", "rebuild", "stats", "status", "verify", "sample"]
+BH2_COMMANDS = [
+    "ingest",
+    "aggregate",
+    "run",
+    "rebuild",
+    "stats",
+    "status",
+    "verify",
+    "compact",
+    "sample",
+    "cost",
+]
 DATA_COMMANDS = [
     ["ingest", "x.ndjson"],
     ["run", "--once"],
@@ -22,6 +42,7 @@ DATA_COMMANDS = [
     ["stats"],
     ["status"],
     ["verify"],
+    ["compact"],
 ]
 
 
@@ -309,3 +330,45 @@ def test_demo_ingests_aggregates_and_grows_by_exactly_hits(tmp_path: Path) -> No
     assert again.returncode == 0, again.stderr
     assert sum(s["hits"] for s in stats_json(data)["stats"].values()) == 10_000
     assert run_cli("verify", "--data", data).returncode == 0
+
+
+@pytest.mark.parametrize("args", DATA_COMMANDS, ids=lambda a: a[0])
+def test_every_store_command_offers_the_redis_backend(args: list[str]) -> None:
+    """Each command that touches a store documents --backend and RLINKS_BACKEND."""
+    got = run_cli(args[0], "--help")
+    assert got.returncode == 0
+    assert "--backend" in got.stdout and "RLINKS_BACKEND" in got.stdout
+
+
+def test_data_and_backend_together_are_refused(tmp_path: Path) -> None:
+    """--data and --backend on one command line is an error; an inherited
+    RLINKS_DATA gives way to an explicit --backend (here, a URL nobody answers)."""
+    both = run_cli("status", "--data", tmp_path, "--backend", "redis://127.0.0.1:1/0")
+    assert both.returncode == 2 and "not both" in both.stderr
+    env = {"RLINKS_DATA": str(tmp_path)}
+    inherited = run_cli("status", "--backend", "redis://127.0.0.1:1/0", env=env)
+    assert inherited.returncode == 2 and "cannot reach Redis" in inherited.stderr
+    bad = run_cli("status", "--backend", "http://127.0.0.1/")
+    assert bad.returncode == 2 and "redis://" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_ingest_on_redis_drops_resent_ids(tmp_path: Path) -> None:
+    """The same lines ingested twice into Redis: the second time every hit is a
+    duplicate (inside the dedup horizon), and counts stay those of one pass."""
+    with open_backend("redis", tmp_path / "r") as backend:
+        resend_to(backend, tmp_path)
+
+
+def resend_to(backend: Backend, tmp_path: Path) -> None:
+    lines = [json.dumps({"id": f"r{i}", "code": "dup", "ts": 1_764_000_000 + i}) for i in range(50)]
+    src = tmp_path / "hits.ndjson"
+    src.write_text("\n".join(lines) + "\n")
+    first = run_cli("ingest", "--backend", backend.url, src)
+    again = run_cli("ingest", "--backend", backend.url, "--dedup-horizon", "2h", src)
+    assert "appended 50 hits" in first.stderr, first.stderr
+    assert "appended 0 hits, dropped 50 duplicates" in again.stderr, again.stderr
+    bad = run_cli("ingest", "--backend", backend.url, "--dedup-horizon", "soon", src)
+    assert bad.returncode == 2 and "--dedup-horizon" in bad.stderr
+    assert run_cli("run", "--backend", backend.url, "--once").returncode == 0
+    stats = json.loads(run_cli("stats", "--backend", backend.url, "--json").stdout)
+    assert stats["stats"]["dup"]["hits"] == 50

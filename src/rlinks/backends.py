@@ -69,14 +69,26 @@ class Target:
         return hide_password(self.url) if self.url is not None else str(self.data_dir)
 
 
-def open_log(target: Target, *, create: bool = True, partitions: int = 1) -> HitLog:
+def open_log(
+    target: Target,
+    *,
+    create: bool = True,
+    partitions: int = 1,
+    dedup_horizon_s: int | None = None,
+) -> HitLog:
     """The log, made if missing (`create`, with `partitions` when new), else
     opened for reading: readers (aggregator, stats, status, verify, /metrics)
-    never take a write lock and never make an empty log."""
+    never take a write lock and never make an empty log. `dedup_horizon_s`:
+    how long Redis remembers hit ids (SQLite keeps them until `compact`)."""
     if target.url is not None:
-        from rlinks.log.redis import RedisHitLog
+        from rlinks.log.redis import DEFAULT_DEDUP_HORIZON_S, RedisHitLog
 
-        return RedisHitLog(target.url, partitions=partitions, create=create)
+        return RedisHitLog(
+            target.url,
+            partitions=partitions,
+            create=create,
+            dedup_horizon_s=dedup_horizon_s or DEFAULT_DEDUP_HORIZON_S,
+        )
     assert target.data_dir is not None
     if not create:
         _require(target.data_dir / HITS_FILE)

@@ -34,11 +34,11 @@ class Compaction:
     watermark: int  # the stats watermark the trim stayed under
 
 
-def parse_age(text: str) -> int:
+def parse_age(text: str, *, option: str = "--keep") -> int:
     """Milliseconds in an age such as `30d`, `12h`, `90m`, `45s` or `0`."""
     m = _AGE.fullmatch(text.strip())
     if m is None or (not m[2] and m[1] != "0"):
-        raise ConfigError(f"--keep takes an age such as 30d, 12h, 90m or 0, not {text!r}")
+        raise ConfigError(f"{option} takes an age such as 30d, 12h, 90m or 0, not {text!r}")
     return int(m[1]) * _UNIT_MS.get(m[2], 0)
 
 

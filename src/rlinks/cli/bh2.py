@@ -80,8 +80,15 @@ def main() -> None:
     show_default=True,
     help="Partitions of a new log (hash(code) mod P); an existing log keeps its own.",
 )
+@click.option(
+    "--dedup-horizon",
+    default="24h",
+    show_default=True,
+    help="Redis: how long hit ids are remembered to drop resent hits (exact inside "
+    "it). The embedded log remembers them until `compact` trims their hits.",
+)
 @reports_errors
-def ingest(target: Target, files: tuple[str, ...], partitions: int) -> None:
+def ingest(target: Target, files: tuple[str, ...], partitions: int, dedup_horizon: str) -> None:
     """Append NDJSON hits from FILES ("-" = stdin) to the HITS log.
 
     One JSON object per line with `code` ([a-z0-9-]{1,64}) and `ts` (RFC 3339 or
@@ -90,13 +97,16 @@ def ingest(target: Target, files: tuple[str, ...], partitions: int) -> None:
     a hit without an id gets a new one. Bad lines are quarantined with their
     line number and reason; a final line without a newline is left for later.
     """
+    horizon = parse_age(dedup_horizon, option="--dedup-horizon") // 1000
+    if horizon < 1:
+        raise ConfigError("--dedup-horizon must be at least 1s")
     for src in files:
         if src == "-":
-            ingest_stream(target, sys.stdin.buffer, "-", partitions=partitions)
+            ingest_stream(target, sys.stdin.buffer, "-", partitions=partitions, horizon_s=horizon)
             continue
         size = _size(src)
         with _open_input(src) as stream:
-            ingest_stream(target, stream, src, size=size, partitions=partitions)
+            ingest_stream(target, stream, src, size=size, partitions=partitions, horizon_s=horizon)
 
 
 def ingest_stream(
@@ -107,9 +117,10 @@ def ingest_stream(
     size: int | None = None,
     quiet: bool = False,
     partitions: int = 1,
+    horizon_s: int | None = None,
 ) -> None:
     """Append the NDJSON hits of one stream to the log, with progress and a summary."""
-    log = open_log(target, partitions=partitions)
+    log = open_log(target, partitions=partitions, dedup_horizon_s=horizon_s)
     appended = duplicates = quarantined = without_id = 0
     with _byte_progress(f"ingest {src}", size) as (progress, task):
         for chunk in read_chunks(stream):
