@@ -119,6 +119,29 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         yield b
 
 
+# -- clocks ---------------------------------------------------------------------------
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FrozenClock:
+    """A clock that never moves: an aggregator's window never closes by itself."""
+
+    def __call__(self) -> float:
+        return 0.0
+
+
 # -- hits ----------------------------------------------------------------------------
 
 MS_PER_DAY = 86_400_000

@@ -13,20 +13,16 @@ from rlinks.hits import Hit
 from rlinks.settings import Settings
 from rlinks.store.base import Snapshot, StatsStore, Watermark
 from rlinks.verify import differences
-from tests.conftest import BASE_MS, Backend, hit, make_hits, recount, snapshots, wait_until
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.conftest import (
+    BASE_MS,
+    Backend,
+    FakeClock,
+    hit,
+    make_hits,
+    recount,
+    snapshots,
+    wait_until,
+)
 
 
 class RecordingStore:

@@ -17,6 +17,7 @@ from rlinks.settings import Settings
 from rlinks.verify import differences
 from tests.conftest import (
     Backend,
+    FrozenClock,
     append_all,
     folder_snapshots,
     folder_watermark,
@@ -27,11 +28,6 @@ from tests.conftest import (
     start_cli,
     wait_until,
 )
-
-
-class FrozenClock:
-    def __call__(self) -> float:
-        return 0.0
 
 
 def test_a_stale_aggregator_is_refused_in_process(backend: Backend) -> None:

@@ -17,29 +17,19 @@ from rlinks.log.base import HitLog, partition_of
 from rlinks.settings import Settings
 from rlinks.store.base import StatsStore
 from rlinks.verify import differences
-from tests.conftest import Backend, make_hits, recount, snapshots, wait_until
+from tests.conftest import (
+    Backend,
+    FakeClock,
+    FrozenClock,
+    make_hits,
+    recount,
+    snapshots,
+    wait_until,
+)
 
 LONG_MS = 60_000  # a lease that cannot expire during a test
 SHORT_MS = 200  # a lease a test waits out
 LEASE_S = 1.0  # Ownership leases in the balancing and aggregator tests
-
-
-class FrozenClock:
-    def __call__(self) -> float:
-        return 0.0
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def take_when_free(store: StatsStore, partition: int, owner: str, ttl_ms: int) -> int:

@@ -25,7 +25,15 @@ from rlinks import __version__
 from rlinks.aggregator import Aggregator, Counters
 from rlinks.backends import Target, open_call_ledger, open_log, open_store
 from rlinks.batch import Batch
-from rlinks.cli.common import data_option, err, json_option, out, print_json, reports_errors
+from rlinks.cli.common import (
+    data_option,
+    err,
+    json_option,
+    out,
+    partitions_option,
+    print_json,
+    reports_errors,
+)
 from rlinks.cli.cost import cost
 from rlinks.compact import DEFAULT_KEEP, compact, open_log_to_trim, parse_age, seed_from_summaries
 from rlinks.errors import ConfigError
@@ -73,13 +81,7 @@ def main() -> None:
 @cli.command()
 @data_option
 @click.argument("files", nargs=-1, required=True)
-@click.option(
-    "--partitions",
-    type=click.IntRange(1, 1024),
-    default=1,
-    show_default=True,
-    help="Partitions of a new log (hash(code) mod P); an existing log keeps its own.",
-)
+@partitions_option
 @click.option(
     "--dedup-horizon",
     default="24h",

@@ -55,6 +55,14 @@ def data_option(fn: Callable[..., R]) -> Callable[..., R]:
     return reports_errors(wrapper)
 
 
+partitions_option = click.option(
+    "--partitions",
+    type=click.IntRange(1, 1024),
+    default=1,
+    show_default=True,
+    help="Partitions of the HITS log when this command makes it (hash(code) mod P); "
+    "an existing log keeps its own.",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 

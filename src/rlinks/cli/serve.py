@@ -13,7 +13,7 @@ import tempfile
 import click
 
 from rlinks.backends import Target, open_log, open_routes, open_store
-from rlinks.cli.common import data_option, err, reports_errors
+from rlinks.cli.common import data_option, err, partitions_option, reports_errors
 from rlinks.server.config import ENV_ADMIN_TOKEN, ENV_CONFIG, ServeConfig, hit_salt
 from rlinks.settings import DEFAULT_WINDOW_S
 
@@ -31,13 +31,7 @@ _PR_SET_PDEATHSIG = 1
     show_default=True,
     help="Server processes; they share the data folder safely (SQLite WAL) or Redis.",
 )
-@click.option(
-    "--partitions",
-    type=click.IntRange(1, 1024),
-    default=1,
-    show_default=True,
-    help="Partitions of the HITS log when this makes it (an existing log keeps its own).",
-)
+@partitions_option
 @click.option(
     "--hits",
     type=click.Choice(["append", "kv", "off"]),

@@ -84,12 +84,7 @@ class SqliteStatsStore:
 
     def acquire(self, partition: int) -> int:
         with Transaction(self._conn) as c:
-            c.execute("INSERT OR IGNORE INTO watermarks (partition) VALUES (?)", (partition,))
-            (epoch,) = c.execute(
-                "UPDATE watermarks SET epoch = epoch + 1 WHERE partition = ? RETURNING epoch",
-                (partition,),
-            ).fetchone()
-        return int(epoch)
+            return _next_epoch(c, partition)
 
     # -- leases (rlinks.leases.LeaseStore): wall-clock ms, one machine ---------------
 
@@ -104,12 +99,7 @@ class SqliteStatsStore:
             c.execute(
                 "INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (partition, owner, now + ttl_ms)
             )
-            c.execute("INSERT OR IGNORE INTO watermarks (partition) VALUES (?)", (partition,))
-            (epoch,) = c.execute(
-                "UPDATE watermarks SET epoch = epoch + 1 WHERE partition = ? RETURNING epoch",
-                (partition,),
-            ).fetchone()
-        return int(epoch)
+            return _next_epoch(c, partition)
 
     def renew_lease(self, partition: int, owner: str, ttl_ms: int) -> bool:
         with Transaction(self._conn) as c:
@@ -222,6 +212,16 @@ class SqliteStatsStore:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _next_epoch(c: sqlite3.Connection, partition: int) -> int:
+    """Take the partition's next epoch (inside the caller's transaction)."""
+    c.execute("INSERT OR IGNORE INTO watermarks (partition) VALUES (?)", (partition,))
+    (epoch,) = c.execute(
+        "UPDATE watermarks SET epoch = epoch + 1 WHERE partition = ? RETURNING epoch",
+        (partition,),
+    ).fetchone()
+    return int(epoch)
 
 
 def _snapshot_of(rows: list[tuple[str, int, int, int, int]]) -> Snapshot:
