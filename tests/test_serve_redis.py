@@ -126,3 +126,27 @@ def test_redis_keeps_no_raw_address_or_user_agent(
     blob = b"".join(p.read_bytes() for p in files)
     assert b"198.51.100.0/24" in blob, "the scan must see the logged prefix"
     assert agent.encode() not in blob and address.encode() not in blob
+
+
+def test_two_serve_commands_on_one_redis_share_the_aggregation(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Two `rlinks serve` (two "machines") on one Redis, each with its aggregator:
+    the aggregators share the partitions through leases instead of fencing each
+    other out, and every redirect of both is counted once."""
+    codes = [f"m{i}" for i in range(N_CODES)]
+    set_links(redis_url, codes)
+    paths = [f"/{c}" for c in codes for _ in range(10)]
+    flags = ("--partitions", "4", "--window", "0.2")
+    with (
+        running_server(tmp_path / "a", *flags, backend=redis_url) as a,
+        running_server(tmp_path / "b", *flags, backend=redis_url) as b,
+    ):
+        assert hammer(a, paths, 4) == Counter({(302, c): 10 for c in codes})
+        assert hammer(b, paths, 4) == Counter({(302, c): 10 for c in codes})
+        total = 2 * len(paths)
+        assert wait_for(lambda: hits_counted(redis_url) == total, timeout=30), a.stderr()
+        for s in (a, b):
+            assert "another aggregator took over" not in s.stderr(), s.stderr()
+    verify = run_cli("verify", "--backend", redis_url, exe=BH2)
+    assert verify.returncode == 0, verify.stdout + verify.stderr

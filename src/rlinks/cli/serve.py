@@ -53,7 +53,8 @@ _PR_SET_PDEATHSIG = 1
     default=True,
     show_default=True,
     help="Run the BH2 aggregator beside the server (--no-aggregate when "
-    "`rlinks-bh2 run` runs as its own process).",
+    "`rlinks-bh2 run` runs as its own process). On Redis the aggregators of "
+    "every `serve` share the partitions (`run --partitions auto`).",
 )
 @click.option(
     "--window",
@@ -204,7 +205,13 @@ def _start_aggregator(target: Target, window: float) -> subprocess.Popen[bytes]:
             "-m",
             "rlinks.cli.bh2",
             "run",
-            *(("--backend", target.url) if target.url else ("--data", str(target.data_dir))),
+            # On Redis, `serve` may run on many machines: their aggregators
+            # share the partitions through leases instead of fencing each other.
+            *(
+                ("--backend", target.url, "--partitions", "auto")
+                if target.url
+                else ("--data", str(target.data_dir))
+            ),
             "--window",
             str(window),
         ],
