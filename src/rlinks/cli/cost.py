@@ -91,8 +91,9 @@ def _count_option(ctx: click.Context, param: click.Parameter, value: str) -> flo
 @click.option(
     "--summary",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="A benchmark summary.csv: use its measured mean KV writes and reads per hit of "
-    "the scenario named like --distribution (kv-* modes for per-hit, append-* for BH2).",
+    help="A benchmark summary.csv: use its measured mean KV writes per hit of the "
+    "scenario named like --distribution (kv-* modes for per-hit, append-* for BH2). "
+    "Reads stay the model's: the benchmark's also count route lookups.",
 )
 @json_option
 @reports_errors
