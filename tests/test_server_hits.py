@@ -12,6 +12,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from rlinks.hits import Hit
 from rlinks.log.sqlite import SqliteHitLog
 from rlinks.routes.model import Route
@@ -377,3 +379,25 @@ def test_a_dead_log_writer_gives_503_then_recovers(tmp_path: Path) -> None:
         assert s.metrics()["rlinks_hits_failed_total"] == 1
         end = log_end(data)
     assert end == 3  # the 302s, and not the hit answered with 503
+
+
+@pytest.mark.parametrize(("durability", "policy"), [("async", "idle"), ("commit", "normal")])
+def test_the_async_log_writer_runs_only_on_idle_cpu(
+    tmp_path: Path, durability: str, policy: str
+) -> None:
+    """Async redirects never wait for the log writer, so it runs as SCHED_IDLE
+    (the server preempts it at once); in commit mode redirects wait for its
+    commits, so it keeps the normal policy."""
+    data = tmp_path / "data"
+    put_route(data, "idle", "https://example.com/idle")
+    with running_server(data, "--durability", durability, "--no-aggregate") as s:
+        assert s.get("/idle").status == 302
+        want = os.SCHED_IDLE if policy == "idle" else os.SCHED_OTHER
+
+        def policies() -> list[int]:
+            return [os.sched_getscheduler(p) for p in _log_writer_pids(s)]
+
+        # An async redirect does not wait for the writer, which may still be
+        # starting (it sets its policy once running): poll, then check.
+        wait_for(lambda: policies() == [want], timeout=10)
+        assert policies() == [want]

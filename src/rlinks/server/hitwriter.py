@@ -85,6 +85,7 @@ class HitWriter:
             "-m",
             "rlinks.server.logwriter",
             self._target.url or str(self._target.data_dir),
+            *(() if self.durable else ("--idle",)),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
