@@ -77,6 +77,17 @@ class Prober:
             time.sleep(POLL_S)
         return False
 
+    def wait_counted(self, timeout_s: float) -> bool:
+        """Wait until the first probe shows in the stats: the log writer and
+        the aggregator are both running, their start-up is over."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self._poller.is_alive():
+            with self._lock:
+                if self._result.delays_ms:
+                    return True
+            time.sleep(POLL_S)
+        return False
+
     def finish(self, timeout_s: float) -> ProbeResult:
         """Stop sending (after at least MIN_PROBES), wait up to `timeout_s` for
         the probes sent to show, and return the figures."""

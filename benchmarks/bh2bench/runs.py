@@ -5,7 +5,8 @@ For `rlinks serve` the steps are:
 1. copy the scenario's routes-only kv.db into a new data folder;
 2. start `rlinks serve` (mode flags; `--window` for append) on a free port;
 3. warm up with one redirect of the probe's code; (append) start the
-   staleness prober and note the aggregator's CPU time;
+   staleness prober, wait until BH2 has counted its first probe (the log
+   writer and the aggregator have started), note the aggregator's CPU time;
 4. run wrk: `requests` responses, or `duration_s` seconds;
 5. (append) stop probing and wait for the probes to show, then for BH2 to
    catch up (lag 0) on its own, so no flush is forced by the shutdown;
@@ -138,17 +139,21 @@ def run(spec: RunSpec, template_kv: Path, paths_file: Path, workdir: Path) -> Ru
     probes: ProbeResult | None = None
     with rlinks_server(data, flags, workdir / "server.log") as server:
         agg_pid = server.aggregator_pid() if kind == "append" else None
-        cpu_before = cpu_seconds(agg_pid)
-        # Warm up with one redirect of the probe's code (the first redirect
-        # after start-up waits for the log writer to start): the prober's first
-        # probe in append, else a plain request, counted like any hit.
+        # Warm up with one redirect of the probe's code (the server answers
+        # once its log writer has started): the prober's first probe in
+        # append, else a plain request, counted like any hit.
         prober = Prober(server.port, data) if kind == "append" else None
         if prober is not None:
             prober.start()
             if not prober.wait_first(WARM_UP_TIMEOUT_S):
                 raise BenchError(f"{server.url()}: the first probe got no answer")
+            # Load starts once BH2 has counted that probe: the aggregator's
+            # start-up (imports, first read) must not compete with the load.
+            if not prober.wait_counted(WARM_UP_TIMEOUT_S):
+                raise BenchError(f"{server.url()}: the first probe never reached the stats")
         else:
             _warm_up(server.port)
+        cpu_before = cpu_seconds(agg_pid)  # the load's share, not the start-up's
         result.take_wrk(_load(spec, server.url("/"), paths_file))
         if prober is not None:
             probes = prober.finish(timeout_s=spec.window_s + CATCH_UP_GRACE_S)

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 _GROUP_ENCODER = msgspec.msgpack.Encoder()
 _ANSWER_DECODER = msgspec.msgpack.Decoder(str | None)
+WRITER_START_TIMEOUT_S = 60.0  # imports and opening the log, on a loaded machine
 
 
 class WriterDownError(Exception):
@@ -80,6 +81,10 @@ class HitWriter:
         self._task = asyncio.create_task(self._run(), name="hit-writer")
 
     async def _spawn(self) -> None:
+        """Start a writer process and wait for its first answer (its log is
+        open). The server's start-up waits for it, so the writer's own
+        start-up (imports, opening the log) never lands on the first
+        redirects, and a writer that cannot start is an error at once."""
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -89,6 +94,12 @@ class HitWriter:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
+        try:
+            failure = await asyncio.wait_for(_answer(self._proc), WRITER_START_TIMEOUT_S)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as e:
+            raise WriterDownError(f"the log writer did not start: {e!r}") from e
+        if failure is not None:
+            raise WriterDownError(failure)
 
     async def stop(self) -> None:
         """Write what is queued, then stop the writer process."""
@@ -166,9 +177,7 @@ class HitWriter:
         try:
             proc.stdin.write(frame(_GROUP_ENCODER.encode(hits)))
             await proc.stdin.drain()
-            header = await proc.stdout.readexactly(FRAME_HEADER.size)
-            (size,) = FRAME_HEADER.unpack(header)
-            failure = _ANSWER_DECODER.decode(await proc.stdout.readexactly(size))
+            failure = await _answer(proc)
         except (OSError, asyncio.IncompleteReadError) as e:
             # Whether it committed this group is unknown: fail it (503 in
             # commit mode, never an uncounted 302) and start a new writer.
@@ -176,3 +185,12 @@ class HitWriter:
             raise WriterDownError(f"the log writer died; it was started again: {e}") from e
         if failure is not None:
             raise WriterDownError(failure)
+
+
+async def _answer(proc: asyncio.subprocess.Process) -> str | None:
+    """The writer's next answer frame: None, or what went wrong."""
+    assert proc.stdout is not None
+    header = await proc.stdout.readexactly(FRAME_HEADER.size)
+    (size,) = FRAME_HEADER.unpack(header)
+    answer: str | None = _ANSWER_DECODER.decode(await proc.stdout.readexactly(size))
+    return answer

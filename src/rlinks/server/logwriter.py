@@ -7,7 +7,7 @@ holds the worker's GIL: the event loop keeps answering redirects while a group
 commits. The two talk over the child's stdin and stdout in frames: a 4-byte
 big-endian length, then msgpack. Requests are lists of hits; each answer is
 the error (None when all is well) for the group just received, sent once it is
-committed.
+committed; one None answer comes first, as soon as the log is open.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ def frame(payload: bytes) -> bytes:
 
 def serve(target: Target, requests: BinaryIO, answers: BinaryIO) -> None:
     log = open_log(target)
+    # A first answer before any group: the log is open, groups can come.
+    answers.write(frame(ANSWER_ENCODER.encode(None)))
+    answers.flush()
     try:
         while (payload := read_frame(requests)) is not None:
             hits = GROUP_DECODER.decode(payload)
