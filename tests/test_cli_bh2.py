@@ -341,13 +341,15 @@ def test_every_store_command_offers_the_redis_backend(args: list[str]) -> None:
 
 
 def test_data_and_backend_together_are_refused(tmp_path: Path) -> None:
-    """--data and --backend on one command line is an error; an inherited
-    RLINKS_DATA gives way to an explicit --backend (here, a URL nobody answers)."""
+    """--data and --backend on one command line is an error; a setting inherited
+    from the environment gives way to the other flag given explicitly."""
     both = run_cli("status", "--data", tmp_path, "--backend", "redis://127.0.0.1:1/0")
     assert both.returncode == 2 and "not both" in both.stderr
     env = {"RLINKS_DATA": str(tmp_path)}
     inherited = run_cli("status", "--backend", "redis://127.0.0.1:1/0", env=env)
     assert inherited.returncode == 2 and "cannot reach Redis" in inherited.stderr
+    flag_data = run_cli("status", "--data", tmp_path / "none", env={"RLINKS_BACKEND": "x"})
+    assert flag_data.returncode == 2 and "hits.db does not exist" in flag_data.stderr
     bad = run_cli("status", "--backend", "http://127.0.0.1/")
     assert bad.returncode == 2 and "redis://" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -45,9 +45,13 @@ def data_option(fn: Callable[..., R]) -> Callable[..., R]:
     @functools.wraps(fn)
     def wrapper(*args: Any, data_dir: Path | None, backend_url: str | None, **kwargs: Any) -> R:
         if data_dir is not None and backend_url is not None:
-            source = click.get_current_context().get_parameter_source("data_dir")
-            if source is click.core.ParameterSource.ENVIRONMENT:
-                data_dir = None  # an explicit --backend beats an inherited RLINKS_DATA
+            # A flag beats a setting inherited from the environment.
+            ctx = click.get_current_context()
+            env = click.core.ParameterSource.ENVIRONMENT
+            if ctx.get_parameter_source("data_dir") is env:
+                data_dir = None
+            elif ctx.get_parameter_source("backend_url") is env:
+                backend_url = None
             else:
                 raise ConfigError("give --data DIR or --backend URL, not both")
         return fn(*args, target=Target.of(data_dir, backend_url), **kwargs)
