@@ -374,3 +374,20 @@ def resend_to(backend: Backend, tmp_path: Path) -> None:
     assert run_cli("run", "--backend", backend.url, "--once").returncode == 0
     stats = json.loads(run_cli("stats", "--backend", backend.url, "--json").stdout)
     assert stats["stats"]["dup"]["hits"] == 50
+
+
+def test_a_store_lost_mid_command_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A Redis connection lost during a command exits 2 with a sentence, no traceback."""
+    import redis
+
+    from rlinks.cli.common import reports_errors
+
+    @reports_errors
+    def command() -> None:
+        raise redis.ConnectionError("Connection closed by server.")
+
+    with pytest.raises(SystemExit) as exited:
+        command()
+    assert exited.value.code == 2
+    said = capsys.readouterr().err
+    assert "the store stopped answering" in said and "Connection closed by server" in said

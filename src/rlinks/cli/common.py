@@ -14,6 +14,7 @@ from rich.console import Console
 
 from rlinks.backends import ENV_BACKEND, ENV_DATA, Target
 from rlinks.errors import ConfigError, RlinksError
+from rlinks.redisdb import TRANSIENT_ERRORS
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -71,7 +72,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 
 
 def reports_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Print an RlinksError as one clear line and exit with its code."""
+    """Print an RlinksError as one clear line and exit with its code; a store
+    lost mid-command (Redis restarting, a network cut) too, with exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -80,6 +82,14 @@ def reports_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except RlinksError as e:
             err.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
             sys.exit(e.exit_code)
+        except TRANSIENT_ERRORS as e:
+            err.print(
+                f"[bold red]error:[/] the store stopped answering ({e}); nothing past "
+                "the last committed step was kept; run the command again",
+                markup=True,
+                soft_wrap=True,
+            )
+            sys.exit(2)
 
     return wrapper
 
