@@ -62,6 +62,9 @@ def duration_for(requests: int) -> int:
     return max(10, math.ceil(requests / MIN_RATE))
 
 
+WRK_ATTEMPTS = 3
+
+
 def run_wrk(
     url: str,
     paths_file: Path,
@@ -87,11 +90,19 @@ def run_wrk(
         str(paths_file),
         str(per_thread),
     ]
-    out = _run_until_done(cmd, seconds + GRACE_S)
-    lines = [x for x in out.splitlines() if x.startswith("{")]
-    if not lines:
-        raise BenchError(f"wrk printed no figures: {' '.join(cmd)}\n{out[-2000:]}")
-    f = json.loads(lines[-1])
+    for _attempt in range(WRK_ATTEMPTS):
+        out = _run_until_done(cmd, seconds + GRACE_S)
+        lines = [x for x in out.splitlines() if x.startswith("{")]
+        if not lines:
+            raise BenchError(f"wrk printed no figures: {' '.join(cmd)}\n{out[-2000:]}")
+        f = json.loads(lines[-1])
+        # Now and then (a few hundred requests against nginx) wrk reports
+        # responses with a p95 of 0 us (an empty latency histogram):
+        # a failed measurement, not a latency. Run it again.
+        if not (f["requests"] > 0 and f["p95_us"] == 0):
+            break
+    else:
+        raise BenchError(f"wrk recorded no latencies in {WRK_ATTEMPTS} tries: {' '.join(cmd)}")
     return WrkFigures(
         requests=int(f["requests"]),
         duration_s=f["duration_us"] / 1e6,
