@@ -31,7 +31,7 @@ from rlinks.crash import CrashPoints
 from rlinks.errors import StaleEpochError, WatermarkMismatchError
 from rlinks.leases import Ownership
 from rlinks.log.base import HitLog, LogSlice
-from rlinks.redisdb import TRANSIENT_ERRORS
+from rlinks.redisdb import transient_errors
 from rlinks.settings import Settings
 from rlinks.status import read_status
 from rlinks.store.base import StatsStore
@@ -167,7 +167,7 @@ class Aggregator:
                     if not self._owned:
                         self.start()
                     return self._loop(once=once)
-                except TRANSIENT_ERRORS as e:
+                except transient_errors() as e:
                     outages += 1
                     self.counters.store_outages += 1
                     if once and outages > ONCE_RETRIES:
@@ -180,7 +180,7 @@ class Aggregator:
                         self._ownership.owned.clear()
         finally:
             if self._ownership is not None:
-                with contextlib.suppress(*TRANSIENT_ERRORS):
+                with contextlib.suppress(*transient_errors()):
                     self._ownership.release_all()
 
     def _loop(self, *, once: bool) -> Counters:

@@ -5,24 +5,41 @@ itself whether the server is a cluster node (`INFO cluster`), so the same URL
 form works for both. Every key of one partition carries the partition as a hash
 tag (`rlinks:{p3}:...`), so the Lua scripts that touch several of them run on
 one cluster slot.
+
+redis-py is imported on first use, not with this module: the embedded default
+(every command on a data folder, each server worker and log writer) never pays
+its start-up (about 90 ms here).
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
-
-import redis
-import redis.cluster
-from redis.commands.core import Script
+import sys
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from rlinks.errors import ConfigError
+
+if TYPE_CHECKING:
+    import redis
+    import redis.cluster
+    from redis.commands.core import Script
 
 Client: TypeAlias = "redis.Redis | redis.cluster.RedisCluster"
 
 SCHEMES = ("redis://", "rediss://")
-# Errors after which the same call may work again (a restart, a failover).
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
 NS = "rlinks"
+
+
+def transient_errors() -> tuple[type[Exception], ...]:
+    """Errors after which the same call may work again (a restart, a failover);
+    none while redis-py is not loaded, since then no Redis call was made."""
+    loaded = sys.modules.get("redis")
+    return () if loaded is None else (loaded.ConnectionError, loaded.TimeoutError)
+
+
+def store_errors() -> tuple[type[Exception], ...]:
+    """Any Redis error (a store that cannot answer); none while redis-py is not loaded."""
+    loaded = sys.modules.get("redis")
+    return () if loaded is None else (loaded.RedisError,)
 
 
 def is_redis_url(text: str) -> bool:
@@ -35,6 +52,9 @@ def connect(url: str) -> Client:
     Raises ConfigError with the URL (password hidden) when nobody answers."""
     if not is_redis_url(url):
         raise ConfigError(f"--backend must be a redis:// or rediss:// URL, got {url!r}")
+    import redis
+    import redis.cluster
+
     shown = hide_password(url)
     try:
         single: redis.Redis = redis.Redis.from_url(url, socket_timeout=30)
@@ -60,6 +80,8 @@ def hide_password(url: str) -> str:
 
 
 def is_cluster(client: Client) -> bool:
+    import redis.cluster
+
     return isinstance(client, redis.cluster.RedisCluster)
 
 

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from rlinks.backends import ENV_BACKEND, ENV_DATA, Target
 from rlinks.errors import ConfigError, RlinksError
-from rlinks.redisdb import TRANSIENT_ERRORS
+from rlinks.redisdb import transient_errors
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -82,7 +82,7 @@ def reports_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except RlinksError as e:
             err.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
             sys.exit(e.exit_code)
-        except TRANSIENT_ERRORS as e:
+        except transient_errors() as e:
             err.print(
                 f"[bold red]error:[/] the store stopped answering ({e}); nothing past "
                 "the last committed step was kept; run the command again",

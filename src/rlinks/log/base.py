@@ -55,6 +55,20 @@ class LogSlice:
         return int(self.ts_ms.max()) if self.ts_ms.size else None
 
 
+def with_repeats(
+    positions: Sequence[Position | None], repeats: Sequence[tuple[int, int]]
+) -> list[Position]:
+    """Positions of one append in input order, with each (index, index of the
+    first hit with that id) of `repeats` given its first's position, flagged
+    as a duplicate (an id sent twice in one call is logged once)."""
+    out = list(positions)
+    for i, first in repeats:
+        original = out[first]
+        if original is not None:
+            out[i] = original._replace(duplicate=True)
+    return [p for p in out if p is not None]
+
+
 def partition_of(code: str, partitions: int) -> int:
     """`hash(code) mod P` with a hash that is the same in every process."""
     if partitions == 1:

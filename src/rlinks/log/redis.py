@@ -38,7 +38,15 @@ import numpy.typing as npt
 from rlinks.batch import DayCounts, DeltaRow
 from rlinks.errors import ConfigError
 from rlinks.hits import Hit, Quarantined
-from rlinks.log.base import LogEnd, LogSlice, Position, blocks_to_trim, gap_error, partition_of
+from rlinks.log.base import (
+    LogEnd,
+    LogSlice,
+    Position,
+    blocks_to_trim,
+    gap_error,
+    partition_of,
+    with_repeats,
+)
 from rlinks.log.sqlite import BLOCK_HITS
 from rlinks.redisdb import Client, Keys, as_int, connect, is_cluster, register
 from rlinks.timefmt import now_ms
@@ -222,11 +230,7 @@ class RedisHitLog:
                 if rest:
                     retry[partition] = rest
             pending = retry
-        for i, first in repeats:
-            original = positions[first]
-            if original is not None:
-                positions[i] = original._replace(duplicate=True)
-        return [p for p in positions if p is not None]
+        return with_repeats(positions, repeats)
 
     def _append_calls(self, calls: list[tuple[int, list[Hit]]], fresh_ids: bool) -> list[Any]:
         """Run the append script per partition: pipelined on one server; one

@@ -27,7 +27,15 @@ import numpy as np
 from rlinks.batch import DayCounts, DeltaRow
 from rlinks.errors import ConfigError
 from rlinks.hits import Hit, Quarantined
-from rlinks.log.base import LogEnd, LogSlice, Position, blocks_to_trim, gap_error, partition_of
+from rlinks.log.base import (
+    LogEnd,
+    LogSlice,
+    Position,
+    blocks_to_trim,
+    gap_error,
+    partition_of,
+    with_repeats,
+)
 from rlinks.sqlitedb import Transaction, connect
 from rlinks.timefmt import now_ms
 
@@ -158,11 +166,7 @@ class SqliteHitLog:
                 for i, logged_at in zip(indexes, logged, strict=True):
                     positions[i] = logged_at
         self._code_ids = code_ids  # committed: the new ids are real now
-        for i, first in repeats:
-            original = positions[first]
-            if original is not None:
-                positions[i] = original._replace(duplicate=True)
-        return [p for p in positions if p is not None]
+        return with_repeats(positions, repeats)
 
     def _append_partition(
         self,

@@ -15,11 +15,10 @@ import re
 import socket
 import sqlite3
 
-import redis
-
 from rlinks.backends import open_call_ledger, open_key_value, open_routes
 from rlinks.errors import KvUnavailableError
 from rlinks.hits import CODE_PATTERN
+from rlinks.redisdb import store_errors
 from rlinks.routes.resolve import resolve
 from rlinks.server.admin import AdminApi
 from rlinks.server.capture import CaptureConfig, build_hit
@@ -42,7 +41,12 @@ from rlinks.timefmt import now_ms
 
 log = logging.getLogger(__name__)
 _CODE_RE = re.compile(CODE_PATTERN)
-_STORE_DOWN = (sqlite3.Error, redis.RedisError, KvUnavailableError, OSError)
+_STORE_DOWN = (sqlite3.Error, KvUnavailableError, OSError)
+
+
+def _store_down() -> tuple[type[Exception], ...]:
+    """What a store that cannot answer raises (Redis errors once redis-py is loaded)."""
+    return (*_STORE_DOWN, *store_errors())
 
 
 class RlinksApp:
@@ -130,7 +134,7 @@ class RlinksApp:
                 await send_response(send, 200, body, CONTENT_TYPE)
                 return 200
             return await self._redirect(scope, send)
-        except _STORE_DOWN as e:
+        except _store_down() as e:  # evaluated only when something was raised
             log.error("store unavailable on %s: %s", path, e)
             await send_error(
                 scope,

@@ -199,15 +199,16 @@ class RedisStatsStore:
         return _watermark(partition, values)
 
     def watermarks(self) -> list[Watermark]:
+        return [_watermark(p, values) for p, values in self._watermark_rows()]
+
+    def _watermark_rows(self) -> list[tuple[int, list[Any]]]:
+        """Each partition's watermark fields (`_WM_FIELDS`), in one pipeline."""
         known = sorted(int(p) for p in self._r.smembers(Keys.watermarks))
         pipe = self._r.pipeline(transaction=False)
         for p in known:
             pipe.hmget(Keys.p(p, "wm"), *_WM_FIELDS)
-        return [
-            _watermark(p, values)
-            for p, values in zip(known, pipe.execute(), strict=True)
-            if values[1] is not None
-        ]
+        rows = zip(known, pipe.execute(), strict=True)
+        return [(p, values) for p, values in rows if values[1] is not None]
 
     def apply(self, batch: Batch, *, before_commit: Callable[[], None] | None = None) -> None:
         gen = self._gen(batch.partition)
@@ -247,16 +248,17 @@ class RedisStatsStore:
     def _gen(self, partition: int) -> int:
         gen = self._gens.get(partition)
         if gen is None:
-            gen = self._gens[partition] = as_int(self._r.hget(Keys.p(partition, "wm"), "gen"))
+            gen = self._gens[partition] = self._stored_gen(partition)
         return gen
 
     def snapshot(self, code: str) -> Snapshot | None:
         p = partition_of(code, self.partitions())
-        gen = as_int(self._r.hget(Keys.p(p, "wm"), "gen"))
+        gen = self._stored_gen(p)
         return _snapshot(code, self._r.hgetall(Keys.p(p, f"s:{gen}:{code}")))
 
     def snapshots(self) -> Iterator[Snapshot]:
-        gens = {w.partition: self._gen_of(w.partition) for w in self.watermarks()}
+        # The generation is one of the watermark's fields: no read per partition.
+        gens = {p: as_int(values[_WM_FIELDS.index("gen")]) for p, values in self._watermark_rows()}
         streams = [self._codes(p, gen) for p, gen in gens.items()]
         page: list[tuple[int, str]] = []
         for p, code in heapq.merge(*streams, key=lambda pc: pc[1]):
@@ -266,7 +268,8 @@ class RedisStatsStore:
                 page = []
         yield from self._snapshot_page(page, gens)
 
-    def _gen_of(self, partition: int) -> int:
+    def _stored_gen(self, partition: int) -> int:
+        """The generation in Redis now (another process may have rebuilt)."""
         return as_int(self._r.hget(Keys.p(partition, "wm"), "gen"))
 
     def _codes(self, partition: int, gen: int) -> Iterator[tuple[int, str]]:
