@@ -418,6 +418,46 @@ def test_put_many_in_chunks_writes_and_audits_everything(store: RouteStore) -> N
     assert store.put_many([], "ann").created == 0
 
 
+# -- the change feed (both stores) -------------------------------------------------------
+
+
+def test_the_change_feed_names_every_change_in_commit_order(place: Place) -> None:
+    """What a server follows to keep its routes fresh: each create, update, disable,
+    enable, delete and imported route after a position, oldest first, from
+    another store object (as another process sees them); unchanged puts are not
+    changes."""
+    writer, reader = place.open(), place.open()
+    writer.put(route("before"), "ann")
+    start = reader.feed_position()
+    assert reader.changed_since(start) == (start, [])
+    writer.put(route("a"), "ann")
+    writer.put(route("a", "https://example.com/b"), "ann")
+    writer.put(route("a", "https://example.com/b"), "ann")  # identical: no change
+    writer.disable("a", "ann")
+    writer.enable("a", "ann")
+    writer.put_many([route("m1"), route("m2")], "ann")
+    writer.delete("before", "ann")
+    end, codes = reader.changed_since(start)
+    assert codes == ["a", "a", "a", "a", "m1", "m2", "before"]
+    assert end == reader.feed_position()
+    assert reader.changed_since(end) == (end, [])
+    # Paged: the position after each page picks up exactly where it stopped.
+    seen, pos = [], start
+    while True:
+        pos, page = reader.changed_since(pos, limit=3)
+        seen += page
+        if not page:
+            break
+    assert seen == codes
+
+
+def test_the_feed_position_of_an_empty_store_sees_the_first_change(place: Place) -> None:
+    store = place.open()
+    start = store.feed_position()
+    store.put(route("first"), "ann")
+    assert store.changed_since(start)[1] == ["first"]
+
+
 # -- sharing (both stores) -------------------------------------------------------------
 
 

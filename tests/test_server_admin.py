@@ -446,11 +446,12 @@ def test_edit_is_visible_to_the_next_redirect(server: Server) -> None:
 
 
 def test_edit_outside_the_api_waits_for_the_route_cache(server: Server) -> None:
-    """Control for the test above: an edit by the CLI is not seen while the route is cached."""
+    """Control for the test above: an edit by the CLI is seen only at the worker's
+    next read of the change feed (every 60 s here)."""
     assert put(server, "edit-cli", "https://example.com/v1").status == 201
     assert server.get("/edit-cli").header("location") == "https://example.com/v1"
     r = links_cli(server.data, "set", "edit-cli", "https://example.com/v2")
     assert r.returncode == 0, r.stderr
     assert api(server, "GET", "/api/links/edit-cli").json()["target"] == "https://example.com/v2"
-    # The worker's cache (60 s here) still holds v1: only its own edits are forgotten.
+    # The worker still holds v1: only its own edits are dropped at once.
     assert server.get("/edit-cli").header("location") == "https://example.com/v1"

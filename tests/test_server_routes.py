@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_until
 from tests.server_helpers import (
     Response,
     Server,
@@ -287,6 +288,26 @@ def _corrupt_kv_under_a_commit(data: Path) -> sqlite3.Connection:
         f.flush()
     writer.execute("COMMIT")
     return writer
+
+
+def test_edits_by_another_process_reach_a_running_server(tmp_path: Path) -> None:
+    """Workers hold routes in memory and follow the store's change feed, so edits
+    by the CLI (another process) reach a running server within --route-cache-s:
+    a new target, a code created after it answered 404, a disable."""
+    data = tmp_path / "data"
+    put_route(data, "moving", "https://example.com/v1")
+    flags = ("--route-cache-s", "0.2", "--hits", "off", "--no-aggregate")
+    with running_server(data, *flags) as s:
+        assert s.get("/moving").header("location") == "https://example.com/v1"
+        assert s.get("/made-later").status == 404  # now held as missing
+        cli_ok(data, "set", "moving", "https://example.com/v2")
+        cli_ok(data, "set", "made-later", "https://example.com/new")
+        assert wait_until(
+            lambda: s.get("/moving").header("location") == "https://example.com/v2", timeout=10
+        )
+        assert wait_until(lambda: s.get("/made-later").status == 302, timeout=10)
+        cli_ok(data, "disable", "moving")
+        assert wait_until(lambda: s.get("/moving").status == 404, timeout=10)
 
 
 def test_store_unavailable_is_503(tmp_path: Path) -> None:

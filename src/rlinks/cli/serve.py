@@ -102,7 +102,9 @@ _PR_SET_PDEATHSIG = 1
     type=float,
     default=1.0,
     show_default=True,
-    help="How long a worker caches a route (0 = read the KV on every redirect).",
+    help="How often each worker reads the store's route changes: workers hold routes "
+    "in memory (loaded at start), so an edit reaches every worker within this many "
+    "seconds. 0 = read the KV on every redirect.",
 )
 @reports_errors
 def serve(
@@ -157,6 +159,8 @@ def serve(
     )
     import uvicorn  # here, after PROMETHEUS_MULTIPROC_DIR is set for the metrics module
 
+    from rlinks.server.protocol import RedirectProtocol
+
     try:
         uvicorn.run(
             "rlinks.server.app:create_app",
@@ -165,7 +169,8 @@ def serve(
             port=port,
             workers=workers,
             loop="uvloop",
-            http="httptools",
+            # uvicorn's httptools protocol, answering held redirects in place.
+            http=RedirectProtocol,
             lifespan="on",
             access_log=False,
             # We read X-Forwarded-For ourselves, and only with --trust-proxy.

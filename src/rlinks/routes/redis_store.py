@@ -165,6 +165,18 @@ class RedisRouteStore:
             ]
         return [_record(fields) for _sid, fields in entries]
 
+    def feed_position(self) -> str:
+        # Stream ids grow in commit order: each change is one script run.
+        last = self._r.xrevrange(AUDIT, count=1)
+        return last[0][0].decode() if last else "0-0"
+
+    def changed_since(self, position: str, limit: int = 1000) -> tuple[str, builtins.list[str]]:
+        _check_limit(limit)
+        entries = self._r.xrange(AUDIT, min=f"({position}", count=limit)
+        if not entries:
+            return position, []
+        return entries[-1][0].decode(), [fields[b"code"].decode() for _, fields in entries]
+
     # -- changing --------------------------------------------------------------------
 
     def put(self, route: Route, actor: str) -> Route:

@@ -107,6 +107,16 @@ class RouteStore(Protocol):
         """The newest `limit` audit records (of `code`, or all), newest first."""
         ...
 
+    def feed_position(self) -> str:
+        """Where the change feed (the audit trail, in commit order) ends now: an
+        opaque position for `changed_since`."""
+        ...
+
+    def changed_since(self, position: str, limit: int = 1000) -> tuple[str, builtins.list[str]]:
+        """The codes of up to `limit` changes after `position`, oldest first, and
+        the position after them. A server caches routes until this names them."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -173,6 +183,19 @@ class SqliteRouteStore:
             )
             for r in rows
         ]
+
+    def feed_position(self) -> str:
+        # Audit ids grow in commit order: writers take the write lock first.
+        (last,) = self._conn.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()
+        return str(last)
+
+    def changed_since(self, position: str, limit: int = 1000) -> tuple[str, builtins.list[str]]:
+        _check_limit(limit)
+        rows = self._conn.execute(
+            "SELECT id, code FROM audit WHERE id > ? ORDER BY id LIMIT ?",
+            (_feed_id(position), limit),
+        ).fetchall()
+        return (str(rows[-1][0]) if rows else position), [code for _, code in rows]
 
     # -- changing --------------------------------------------------------------------
 
@@ -326,6 +349,13 @@ def _check_actor(actor: str) -> None:
             f"the actor {actor!r} is not usable: give a printable name of 1 to "
             f"{MAX_ACTOR_CHARS} characters (--actor NAME or RLINKS_ACTOR)"
         )
+
+
+def _feed_id(position: str) -> int:
+    try:
+        return int(position)
+    except ValueError:
+        raise ConfigError(f"{position!r} is not a change-feed position of this store") from None
 
 
 def _check_limit(limit: int) -> None:

@@ -1,8 +1,11 @@
 """The ASGI application: redirects, health, metrics and the admin API.
 
 A plain ASGI callable rather than a framework: the redirect path is one dict
-lookup, one route read (usually cached), one hit hand-off and one response, and
-nothing else runs per request.
+lookup, one route read (usually held in memory), one hit hand-off and one
+response, and nothing else runs per request. A redirect that needs no waiting
+is answered by `redirect_now`, which the server's protocol
+(`rlinks.server.protocol`) calls before any ASGI machinery; everything else
+comes through `__call__`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import re
 import socket
 import sqlite3
+from http import HTTPStatus
 
 from rlinks.backends import open_call_ledger, open_key_value, open_routes
 from rlinks.errors import KvUnavailableError
@@ -34,7 +38,7 @@ from rlinks.server.responses import (
     send_redirect,
     send_response,
 )
-from rlinks.server.routecache import RouteCache
+from rlinks.server.routecache import RouteCache, Unknown
 from rlinks.server.sinks import HitSink, KvSink
 from rlinks.store.kvmodel import RemoteKV
 from rlinks.timefmt import now_ms
@@ -56,7 +60,9 @@ class RlinksApp:
         self.metrics = ServerMetrics()
         self.kv = RemoteKV(latency_ms=config.kv_latency_ms, on_call=self._count_kv)
         self.routes = open_routes(self.target)
-        self.route_cache = RouteCache(self.routes.get, self.kv, ttl_s=config.route_cache_s)
+        self.route_cache = RouteCache(
+            self.routes, self.kv, refresh_s=config.route_cache_s, store_errors=_store_down
+        )
         self.capture = CaptureConfig(
             salt=hit_salt(self.target),
             country_header=config.country_header.lower().encode()
@@ -83,6 +89,16 @@ class RlinksApp:
         self._statuses: collections.Counter[int] = collections.Counter()
         self._published: dict[int, int] = {}
         self._public_hosts = tuple(h.lower() for h in config.public_hosts)
+        status = config.redirect_status
+        self._redirect_line = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()
+        # Only where a redirect waits for nothing: no hit, or one handed to the
+        # async writer's queue (commit and kv wait for a store).
+        self._hits_now: HitWriter | None = None
+        self._answers_now = config.hits == "off" or (
+            isinstance(self.sink, HitWriter) and not self.sink.durable
+        )
+        if self._answers_now and isinstance(self.sink, HitWriter):
+            self._hits_now = self.sink
 
     # -- ASGI --------------------------------------------------------------------
 
@@ -100,6 +116,7 @@ class RlinksApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
+                    await self.route_cache.start()
                     if self.sink is not None:
                         await self.sink.start()
                     self._ledger_task = asyncio.create_task(self._keep_ledger())
@@ -110,6 +127,7 @@ class RlinksApp:
             elif message["type"] == "lifespan.shutdown":
                 if self.sink is not None:
                     await self.sink.stop()
+                await self.route_cache.stop()
                 if self._ledger_task is not None:
                     self._ledger_task.cancel()
                 self._publish_statuses()
@@ -150,6 +168,45 @@ class RlinksApp:
             return 500
 
     # -- redirects ---------------------------------------------------------------
+
+    def redirect_now(
+        self,
+        raw_path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        client: tuple[str, int] | None,
+    ) -> bytes | None:
+        """The head of a redirect that can be sent at once (no blank line yet),
+        or None: the request then comes through `__call__` as usual. Same
+        answer and same hit as `_redirect`, for a route this worker holds."""
+        if not self._answers_now or b"%" in raw_path:
+            return None
+        try:
+            code = raw_path[1:].decode("ascii")
+            if raw_path[:1] != b"/" or not _CODE_RE.fullmatch(code):
+                return None
+            route = self.route_cache.cached(code)
+            if route is None or isinstance(route, Unknown):
+                return None
+            now = now_ms()
+            res = resolve(route, now_ms=now, public_hosts=self._public_hosts)
+            if res.location is None:
+                return None
+            location = res.location.encode()
+            if b"\r" in location or b"\n" in location:
+                return None  # never valid (the store refuses them); the ASGI path answers 500
+            if self._hits_now is not None:
+                hit = build_hit(code, headers, client, self.capture, now)
+                if not self._hits_now.record_nowait(hit):
+                    self.metrics.hits_dropped.inc()  # the async queue was full
+        except Exception:
+            return None  # the ASGI path answers, and logs what went wrong
+        self._statuses[self.config.redirect_status] += 1
+        return (
+            self._redirect_line
+            + b"location: "
+            + location
+            + b"\r\ncontent-length: 0\r\ncache-control: no-store\r\n"
+        )
 
     async def _redirect(self, scope: Scope, send: Send) -> int:
         if scope["method"] not in ("GET", "HEAD"):

@@ -117,12 +117,7 @@ class HitWriter:
         """Log `hit`. Durable: returns once committed (False if the append
         failed). Async: returns at once (False if the queue was full)."""
         if not self.durable:
-            if len(self._pending) >= self._queue_max:
-                self.stats.dropped += 1
-                return False
-            self._pending.append((hit, None))
-            self._wakeup.set()
-            return True
+            return self.record_nowait(hit)
         # Durable: each waiting request holds one entry, so the connections
         # bound the queue.
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -132,6 +127,16 @@ class HitWriter:
             await done
         except WriterDownError:
             return False
+        return True
+
+    def record_nowait(self, hit: Hit) -> bool:
+        """Queue `hit` for the next group without waiting for its commit (async
+        durability); False, and counted, if the queue is full."""
+        if len(self._pending) >= self._queue_max:
+            self.stats.dropped += 1
+            return False
+        self._pending.append((hit, None))
+        self._wakeup.set()
         return True
 
     async def _run(self) -> None:
