@@ -414,10 +414,16 @@ def test_a_dead_log_writer_gives_503_then_recovers(tmp_path: Path) -> None:
         for pid in before:
             os.kill(pid, signal.SIGKILL)
         assert wait_for(lambda: not set(_log_writer_pids(s)) & before, timeout=5)
-        statuses = [s.get("/wd").status for _ in range(3)]
-        assert statuses[0] == 503
-        assert statuses[1:] == [302, 302]
-        assert s.metrics()["rlinks_hits_failed_total"] == 1
+        first = s.get("/wd", Accept="application/json")
+        assert first.status == 503, first
+        assert first.json()["error"]["code"] == "store_unavailable"
+        assert first.header("cache-control") == "no-store" and first.header("location") is None
+        statuses = [s.get("/wd").status for _ in range(2)]
+        assert statuses == [302, 302]
+        m = s.metrics()
+        assert m["rlinks_hits_failed_total"] == 1
+        assert m['rlinks_requests_total{status="503"}'] == 1
+        assert m['rlinks_requests_total{status="302"}'] == 3
         end = log_end(data)
     assert end == 3  # the 302s, and not the hit answered with 503
 

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 _GROUP_ENCODER = msgspec.msgpack.Encoder()
 _ANSWER_DECODER = msgspec.msgpack.Decoder(str | None)
+ASYNC_LINGER_S = 0.05
 WRITER_START_TIMEOUT_S = 60.0  # imports and opening the log, on a loaded machine
 
 
@@ -61,9 +62,13 @@ class HitWriter:
         self._target = target
         self.durable = durable
         self._max_group = max_group
-        # Async redirects do not wait for the commit, so the writer can wait a
-        # few ms to gather a bigger group: fewer commits, less CPU per hit.
-        self._linger_s = (0.0 if durable else 0.005) if linger_s is None else linger_s
+        # Async redirects do not wait for the commit, so the writer can wait
+        # to gather a bigger group: each group wakes the writer process and
+        # commits once, and under load 5 ms groups cost the worker about a
+        # third of its redirects a second, 50 ms groups under a fifth (wrk
+        # against one worker; see docs/design.md). 50 ms is far below BH2's
+        # window, so stats are no staler for it.
+        self._linger_s = (0.0 if durable else ASYNC_LINGER_S) if linger_s is None else linger_s
         # A deque and an event rather than asyncio.Queue: this is on every
         # redirect, and a deque append costs a tenth of Queue.put_nowait.
         self._pending: deque[tuple[Hit, asyncio.Future[None] | None]] = deque()
@@ -118,16 +123,20 @@ class HitWriter:
         failed). Async: returns at once (False if the queue was full)."""
         if not self.durable:
             return self.record_nowait(hit)
-        # Durable: each waiting request holds one entry, so the connections
-        # bound the queue.
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((hit, done))
-        self._wakeup.set()
         try:
-            await done
+            await self.record_committed(hit)
         except WriterDownError:
             return False
         return True
+
+    def record_committed(self, hit: Hit) -> asyncio.Future[None]:
+        """Queue `hit` (durable mode); the future is done once its group is
+        committed, or fails with `WriterDownError`. Each waiting request holds
+        one entry, so the connections bound the queue."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((hit, done))
+        self._wakeup.set()
+        return done
 
     def record_nowait(self, hit: Hit) -> bool:
         """Queue `hit` for the next group without waiting for its commit (async

@@ -12,6 +12,7 @@ committed; one None answer comes first, as soon as the log is open.
 
 from __future__ import annotations
 
+import gc
 import os
 import struct
 import sys
@@ -44,6 +45,9 @@ def frame(payload: bytes) -> bytes:
 
 def serve(target: Target, requests: BinaryIO, answers: BinaryIO) -> None:
     log = open_log(target)
+    # Everything made so far (modules, the open log) lives as long as the
+    # process: keep the collector's full passes off it.
+    gc.freeze()
     # A first answer before any group: the log is open, groups can come.
     answers.write(frame(ANSWER_ENCODER.encode(None)))
     answers.flush()

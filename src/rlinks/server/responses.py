@@ -54,9 +54,12 @@ async def send_json(send: Send, status: int, value: Any) -> None:
 
 
 def prefers_json(scope: Scope) -> bool:
-    if scope["path"].startswith("/api/"):
-        return True
-    for name, value in scope["headers"]:
+    return scope["path"].startswith("/api/") or accepts_json(scope["headers"])
+
+
+def accepts_json(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the client's Accept header asks for JSON rather than HTML."""
+    for name, value in headers:
         if name == b"accept":
             accept = value.lower()
             return b"application/json" in accept and b"text/html" not in accept
@@ -71,7 +74,15 @@ async def send_error(
     message: str,
     details: dict[str, Any] | None = None,
 ) -> None:
-    if prefers_json(scope):
+    body, content_type = error_body(prefers_json(scope), status, code, message, details)
+    await send_response(send, status, body, content_type, [_NO_STORE])
+
+
+def error_body(
+    as_json: bool, status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> tuple[bytes, bytes]:
+    """An error's body and content type: the JSON envelope, or a small HTML page."""
+    if as_json:
         envelope = {
             "error": {
                 "code": code,
@@ -81,11 +92,10 @@ async def send_error(
                 "ts": format_ms(now_ms()),
             }
         }
-        await send_json(send, status, envelope)
-        return
+        return _JSON.encode(envelope), b"application/json"
     page = (
         "<!doctype html><html><head><meta charset=utf-8>"
         f"<title>{status} {html.escape(code)}</title></head><body>"
         f"<h1>{status}</h1><p>{html.escape(message)}</p></body></html>"
     ).encode()
-    await send_response(send, status, page, b"text/html; charset=utf-8", [_NO_STORE])
+    return page, b"text/html; charset=utf-8"
