@@ -1,155 +1,221 @@
-"""Redirect latency and throughput of `rlinks serve` per hit mode, with wrk.
+"""Redirect latency and throughput per hit mode, interleaved, in steady state.
 
-For each mode a fresh server (fresh data folder, one link `ok-code`) is started
-on a free loopback port and driven by wrk at each concurrency; nginx answering
-`return 302` is the HTTP floor. Everything runs in one invocation, so the
-figures compare with each other. Needs `wrk` (and `nginx` for the floor) on
-PATH: `apt-get install wrk nginx-light`.
+One `rlinks serve` per mode (each on its own data folder holding the
+scenario's routes) and nginx answering `return 302` (the HTTP floor) all run
+at once on free loopback ports. Each round drives every server with wrk for
+`--seconds` at each concurrency, one after the other, in an order that turns
+around every round; the figures are medians over rounds, and each ratio to
+`off` is taken within a round and then its median. Drift of a shared machine
+(other tenants, frequency) then falls on all modes alike, where one mode
+after another would each see their own stretch of it.
 
-    python benchmarks/redirect_latency.py --duration 10 --json out.json
+The BH2 pipeline (`run_bh2.sh`) starts a fresh server for each short run
+and also counts KV writes and staleness; this script measures servers that
+have been answering for a while, for the redirect path's speed targets.
+
+    .venv/bin/python benchmarks/redirect_latency.py --scenario zipf --rounds 5 --json out.json
+
+Needs wrk and nginx on PATH (`apt-get install wrk nginx-light`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import shutil
+import statistics
 import subprocess
-import sys
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import get_args
 
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
-from bh2bench.servers import nginx_server, rlinks_server
+from bh2bench.knobs import Scenario
+from bh2bench.servers import BIN, Server, nginx_server, rlinks_server
+from bh2bench.workload import sample_paths, write_paths, write_routes
+from bh2bench.wrk import WrkFigures, require_wrk, run_wrk
 
-HERE = Path(__file__).resolve().parent
-# No paths file: the URL's own path for the whole -d duration (see the script).
-REPORT_LUA = HERE / "wrk" / "paths.lua"
-BIN = Path(sys.executable).parent
-
-# mode name -> extra `rlinks serve` flags (None: nginx, the HTTP floor)
-MODES: dict[str, list[str] | None] = {
-    "nginx-302": None,
+NGINX = "nginx-302"
+# mode name -> `rlinks serve` flags (nginx: the HTTP floor)
+MODES: dict[str, list[str]] = {
+    NGINX: [],
     "off": ["--hits", "off"],
-    "append-commit": ["--hits", "append", "--durability", "commit"],
     "append-async": ["--hits", "append", "--durability", "async"],
-    "append-async-noagg": ["--hits", "append", "--durability", "async", "--no-aggregate"],
-    "kv-0ms": ["--hits", "kv", "--kv-latency-ms", "0"],
+    "append-commit": ["--hits", "append", "--durability", "commit"],
     "kv-5ms": ["--hits", "kv", "--kv-latency-ms", "5"],
-    "append-commit-5ms": ["--hits", "append", "--durability", "commit", "--kv-latency-ms", "5"],
 }
+PATHS = 200_000  # drawn request paths (wrk cycles through them)
 
 console = Console(stderr=True)
 
 
 @dataclass
-class Result:
+class Cell:
+    """One mode at one concurrency: medians over rounds, and ratios to `off`
+    (taken within each round, then the median)."""
+
     mode: str
     concurrency: int
-    requests: int
+    rounds: int
     rps: float
-    errors: int
     p50_ms: float
     p95_ms: float
     p99_ms: float
-
-
-def create_link(data: Path) -> None:
-    subprocess.run(
-        [BIN / "rlinks", "links", "set", "ok-code", "https://example.com/landing", "--data", data],
-        check=True,
-        capture_output=True,
-    )
-
-
-def wrk(url: str, concurrency: int, duration_s: int) -> dict[str, int]:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration_s}s", "-s", str(REPORT_LUA), url],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    line = [x for x in out.splitlines() if x.startswith("{")][-1]
-    figures: dict[str, int] = json.loads(line)
-    return figures
-
-
-def measure(mode: str, concurrencies: list[int], duration_s: int) -> list[Result]:
-    flags = MODES[mode]
-    with tempfile.TemporaryDirectory(prefix=f"rlinks-bench-{mode}-") as tmp:
-        workdir = Path(tmp)
-        if flags is None:
-            server_cm = nginx_server(workdir)
-        else:
-            create_link(workdir / "data")
-            server_cm = rlinks_server(workdir / "data", flags, workdir / "server.log")
-        with server_cm as server:
-            url = server.url("/ok-code")
-            wrk(url, 10, 1)  # warm-up: connections, caches, the log writer started
-            results = []
-            for c in concurrencies:
-                f = wrk(url, c, duration_s)
-                results.append(
-                    Result(
-                        mode=mode,
-                        concurrency=c,
-                        requests=f["requests"],
-                        rps=f["requests"] / (f["duration_us"] / 1e6),
-                        errors=f["errors"],
-                        p50_ms=f["p50_us"] / 1000,
-                        p95_ms=f["p95_us"] / 1000,
-                        p99_ms=f["p99_us"] / 1000,
-                    )
-                )
-                console.print(
-                    f"{mode} c={c}: {results[-1].rps:,.0f} rps, p95 {results[-1].p95_ms:.2f} ms"
-                )
-    return results
+    errors: int
+    p95_over_off: float | None
+    rps_over_off: float | None
+    p95_minus_off_ms: float | None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=get_args(Scenario), default="hot")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 10, 50, 100])
-    parser.add_argument("--duration", type=int, default=5, help="whole seconds per wrk run")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--seconds", type=int, default=2, help="whole seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=5, help="runs per mode and concurrency")
+    parser.add_argument("--json", type=Path, help="also write every run and cell here")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not on PATH: apt-get install wrk")
-    results = [r for m in args.modes for r in measure(m, args.concurrency, args.duration)]
-    table = Table(title=f"redirects, wrk -t1, {args.duration:g} s per run")
-    for col in (
-        "mode",
-        "c",
-        "rps",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "errors",
-        "p95 / off",
-        "rps / off",
-    ):
+    require_wrk()
+    if args.rounds < 1 or args.seconds < 1:
+        parser.error("--rounds and --seconds must be at least 1")
+    modes: list[str] = list(dict.fromkeys(args.modes))
+    with tempfile.TemporaryDirectory(prefix="rlinks-latency-") as tmp:
+        work = Path(tmp)
+        paths = work / "paths.txt"
+        write_paths(paths, sample_paths(args.scenario, PATHS, seed=1))
+        with contextlib.ExitStack() as stack:
+            servers = {m: stack.enter_context(_server(m, args.scenario, work)) for m in modes}
+            for server in servers.values():  # connections, caches, the writers started
+                run_wrk(server.url("/"), paths, concurrency=10, duration_s=1)
+            runs = _rounds(servers, paths, args)
+    cells = _cells(runs, modes, args.concurrency)
+    _print(cells, args)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "scenario": args.scenario,
+                    "seconds": args.seconds,
+                    "rounds": args.rounds,
+                    "cells": [asdict(c) for c in cells],
+                    "runs": [
+                        {"round": r, "mode": m, "concurrency": c, **asdict(f), "rps": f.rps}
+                        for (r, m, c), f in runs.items()
+                    ],
+                },
+                indent=2,
+            )
+        )
+
+
+@contextlib.contextmanager
+def _server(mode: str, scenario: Scenario, work: Path) -> Iterator[Server]:
+    folder = work / mode
+    folder.mkdir()
+    if mode == NGINX:
+        with nginx_server(folder) as server:
+            yield server
+        return
+    routes = folder / "routes.ndjson"
+    write_routes(routes, scenario)
+    data = folder / "data"
+    subprocess.run(
+        [BIN / "rlinks", "links", "import", "--data", data, routes],
+        check=True,
+        capture_output=True,
+    )
+    with rlinks_server(data, MODES[mode], folder / "server.log") as server:
+        yield server
+
+
+def _rounds(
+    servers: dict[str, Server], paths: Path, args: argparse.Namespace
+) -> dict[tuple[int, str, int], WrkFigures]:
+    runs: dict[tuple[int, str, int], WrkFigures] = {}
+    order = list(servers)
+    total = args.rounds * len(args.concurrency) * len(order)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"{args.scenario}: {total} wrk runs", total=total)
+        for r in range(args.rounds):
+            for c in args.concurrency:
+                for mode in order if r % 2 == 0 else order[::-1]:
+                    f = run_wrk(
+                        servers[mode].url("/"), paths, concurrency=c, duration_s=args.seconds
+                    )
+                    runs[r, mode, c] = f
+                    progress.advance(task)
+                    time.sleep(0.2)  # let the last run's connections close
+    return runs
+
+
+def _cells(
+    runs: dict[tuple[int, str, int], WrkFigures], modes: list[str], concurrencies: list[int]
+) -> list[Cell]:
+    rounds = sorted({r for r, _, _ in runs})
+
+    def against_off(
+        mode: str, c: int, f: Callable[[WrkFigures, WrkFigures], float]
+    ) -> float | None:
+        """The median over rounds of f(this mode's run, off's run in the same round)."""
+        if "off" not in modes:
+            return None
+        return statistics.median(f(runs[r, mode, c], runs[r, "off", c]) for r in rounds)
+
+    cells = []
+    for c in concurrencies:
+        for mode in modes:
+            fs = [runs[r, mode, c] for r in rounds]
+            cells.append(
+                Cell(
+                    mode=mode,
+                    concurrency=c,
+                    rounds=len(fs),
+                    rps=statistics.median(f.rps for f in fs),
+                    p50_ms=statistics.median(f.p50_ms for f in fs),
+                    p95_ms=statistics.median(f.p95_ms for f in fs),
+                    p99_ms=statistics.median(f.p99_ms for f in fs),
+                    errors=sum(f.errors for f in fs),
+                    p95_over_off=against_off(mode, c, lambda m, o: m.p95_ms / o.p95_ms),
+                    rps_over_off=against_off(mode, c, lambda m, o: m.rps / o.rps),
+                    p95_minus_off_ms=against_off(mode, c, lambda m, o: m.p95_ms - o.p95_ms),
+                )
+            )
+    return cells
+
+
+def _print(cells: list[Cell], args: argparse.Namespace) -> None:
+    table = Table(
+        title=f"{args.scenario}: wrk -t1, {args.seconds} s per run, medians of "
+        f"{args.rounds} interleaved rounds"
+    )
+    for col in ("mode", "c", "rps", "p50 ms", "p95 ms", "p99 ms", "errors", "p95 / off",
+                "p95 - off ms", "rps / off"):  # fmt: skip
         table.add_column(col, justify="left" if col == "mode" else "right")
-    off = {r.concurrency: r for r in results if r.mode == "off"}
-    for r in results:
-        base = off.get(r.concurrency)
+
+    def fmt(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    for cell in cells:
         table.add_row(
-            r.mode,
-            str(r.concurrency),
-            f"{r.rps:,.0f}",
-            f"{r.p50_ms:.2f}",
-            f"{r.p95_ms:.2f}",
-            f"{r.p99_ms:.2f}",
-            str(r.errors),
-            f"{r.p95_ms / base.p95_ms:.2f}" if base else "-",
-            f"{r.rps / base.rps:.2f}" if base else "-",
+            cell.mode,
+            str(cell.concurrency),
+            f"{cell.rps:,.0f}",
+            f"{cell.p50_ms:.2f}",
+            f"{cell.p95_ms:.2f}",
+            f"{cell.p99_ms:.2f}",
+            str(cell.errors),
+            fmt(cell.p95_over_off, ".2f"),
+            fmt(cell.p95_minus_off_ms, "+.2f"),
+            fmt(cell.rps_over_off, ".2f"),
         )
     Console(width=160).print(table)
-    if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
 
 
 if __name__ == "__main__":

@@ -39,3 +39,44 @@ def test_aggregate_throughput_quick_mode_reports_verified_figures(tmp_path: Path
     # A failed check exits non-zero (check=True above); these are the passed ones.
     checked = {line.split(":")[0] for line in report["checks"]}
     assert checked == {"ingest", "run --once", "aggregate", "naive loop"}
+
+
+def test_redirect_latency_interleaves_modes_and_reports_ratios_to_off(tmp_path: Path) -> None:
+    """`redirect_latency.py` runs every mode in each round and reports medians and
+    per-round ratios to `off` (off against itself is exactly 1)."""
+    out = tmp_path / "latency.json"
+    subprocess.run(
+        [
+            sys.executable,
+            ROOT / "benchmarks" / "redirect_latency.py",
+            "--scenario",
+            "zipf",
+            "--modes",
+            "off",
+            "append-async",
+            "--concurrency",
+            "1",
+            "4",
+            "--seconds",
+            "1",
+            "--rounds",
+            "2",
+            "--json",
+            out,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=240,
+    )
+    report = json.loads(out.read_text())
+    assert report["scenario"] == "zipf" and report["rounds"] == 2
+    runs = {(r["round"], r["mode"], r["concurrency"]) for r in report["runs"]}
+    assert runs == {(r, m, c) for r in (0, 1) for m in ("off", "append-async") for c in (1, 4)}
+    assert all(r["requests"] > 0 and r["errors"] == 0 for r in report["runs"])
+    cells = {(c["mode"], c["concurrency"]): c for c in report["cells"]}
+    assert set(cells) == {(m, c) for m in ("off", "append-async") for c in (1, 4)}
+    for (mode, _c), cell in cells.items():
+        assert cell["rounds"] == 2 and cell["rps"] > 0 and 0 < cell["p50_ms"] <= cell["p99_ms"]
+        if mode == "off":
+            assert cell["p95_over_off"] == 1.0 and cell["rps_over_off"] == 1.0
+        assert cell["p95_over_off"] > 0 and cell["rps_over_off"] > 0
