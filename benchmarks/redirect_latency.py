@@ -49,7 +49,11 @@ MODES: dict[str, list[str]] = {
     "append-async": ["--hits", "append", "--durability", "async"],
     "append-commit": ["--hits", "append", "--durability", "commit"],
     "kv-5ms": ["--hits", "kv", "--kv-latency-ms", "5"],
+    # Not run by default: async without the aggregator beside it, to see what
+    # the aggregator costs the redirects.
+    "append-async-noagg": ["--hits", "append", "--durability", "async", "--no-aggregate"],
 }
+DEFAULT_MODES = [NGINX, "off", "append-async", "append-commit", "kv-5ms"]
 PATHS = 200_000  # drawn request paths (wrk cycles through them)
 
 console = Console(stderr=True)
@@ -76,7 +80,7 @@ class Cell:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", choices=get_args(Scenario), default="hot")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--modes", nargs="+", default=DEFAULT_MODES, choices=list(MODES))
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 10, 50, 100])
     parser.add_argument("--seconds", type=int, default=2, help="whole seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=5, help="runs per mode and concurrency")

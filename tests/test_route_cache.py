@@ -183,7 +183,9 @@ def test_the_copy_is_bounded(stores: tuple[SqliteRouteStore, ...]) -> None:
         put(theirs, f"c{i}")
 
     async def go() -> None:
-        cache = RouteCache(mine, RemoteKV(), refresh_s=60, max_entries=4)
+        cache = RouteCache(
+            mine, RemoteKV(), refresh_s=60, max_entries=4, store_errors=lambda: ERRORS
+        )
         await cache.start()
         assert [c for c in (f"c{i}" for i in range(6)) if cache.cached(c) is not UNKNOWN] == [
             "c0",

@@ -73,7 +73,7 @@ def _expires_ms(route: Route) -> int | None:
 
 
 # As many targets as a server worker holds routes (`server.routecache`): a
-# miss parses the URL (about 3 us), a third of a held redirect's cost.
+# miss parses the URL (about 3 us, a fifth of a held redirect's cost).
 @lru_cache(maxsize=131_072)
 def _target_key(target: str) -> HostKey | None:
     try:

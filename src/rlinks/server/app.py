@@ -18,7 +18,6 @@ import os
 import re
 import socket
 import sqlite3
-from http import HTTPStatus
 
 from rlinks.backends import open_call_ledger, open_key_value, open_routes
 from rlinks.errors import KvUnavailableError
@@ -36,6 +35,8 @@ from rlinks.server.responses import (
     Send,
     accepts_json,
     error_body,
+    error_head,
+    redirect_head,
     send_error,
     send_json,
     send_redirect,
@@ -93,8 +94,6 @@ class RlinksApp:
         self._statuses: collections.Counter[int] = collections.Counter()
         self._published: dict[int, int] = {}
         self._public_hosts = tuple(h.lower() for h in config.public_hosts)
-        status = config.redirect_status
-        self._redirect_line = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()
         # Redirects the protocol answers itself: no hit, or one for the log
         # writer (`kv` reads and writes a store per hit: the ASGI path).
         self._hit_writer = self.sink if isinstance(self.sink, HitWriter) else None
@@ -120,8 +119,8 @@ class RlinksApp:
                     if self.sink is not None:
                         await self.sink.start()
                     # What start-up made (modules, the routes just loaded) lives
-                    # as long as the worker: keep the collector from walking it
-                    # on every full collection, a pause of tens of ms.
+                    # as long as the worker: keep the collector's full passes
+                    # off it.
                     gc.freeze()
                     self._ledger_task = asyncio.create_task(self._keep_ledger())
                 except Exception as e:
@@ -200,12 +199,7 @@ class RlinksApp:
             location = res.location.encode()
             if b"\r" in location or b"\n" in location:
                 return None  # never valid (the store refuses them); the ASGI path answers 500
-            head = (
-                self._redirect_line
-                + b"location: "
-                + location
-                + b"\r\ncontent-length: 0\r\ncache-control: no-store\r\n"
-            )
+            head = redirect_head(self.config.redirect_status, location)
             if self._hit_writer is None:
                 self._statuses[self.config.redirect_status] += 1
                 return head, None
@@ -232,14 +226,7 @@ class RlinksApp:
         body, content_type = error_body(
             accepts_json(headers), 503, "store_unavailable", _LOG_DOWN_MESSAGE
         )
-        head = (
-            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: "
-            + content_type
-            + b"\r\ncontent-length: "
-            + str(len(body)).encode()
-            + b"\r\ncache-control: no-store\r\n"
-        )
-        return head, body
+        return error_head(503, content_type, len(body)), body
 
     async def _redirect(self, scope: Scope, send: Send) -> int:
         if scope["method"] not in ("GET", "HEAD"):

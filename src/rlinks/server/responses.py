@@ -6,8 +6,10 @@ client prefers JSON, a small HTML page otherwise; never a stack trace.
 
 from __future__ import annotations
 
+import functools
 import html
 from collections.abc import Awaitable, Callable, MutableMapping
+from http import HTTPStatus
 from typing import Any
 
 import msgspec
@@ -47,6 +49,34 @@ async def send_redirect(send: Send, status: int, location: bytes) -> None:
         }
     )
     await send({"type": "http.response.body", "body": b""})
+
+
+@functools.cache
+def status_line(status: int) -> bytes:
+    return f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()
+
+
+def redirect_head(status: int, location: bytes) -> bytes:
+    """`send_redirect`'s answer as the bytes of its status line and headers (no
+    blank line yet), for the server's protocol to write itself."""
+    return (
+        status_line(status)
+        + b"location: "
+        + location
+        + b"\r\ncontent-length: 0\r\ncache-control: no-store\r\n"
+    )
+
+
+def error_head(status: int, content_type: bytes, length: int) -> bytes:
+    """The status line and headers of an error `send_error` would send, as bytes."""
+    return (
+        status_line(status)
+        + b"content-type: "
+        + content_type
+        + b"\r\ncontent-length: "
+        + str(length).encode()
+        + b"\r\ncache-control: no-store\r\n"
+    )
 
 
 async def send_json(send: Send, status: int, value: Any) -> None:
