@@ -50,6 +50,43 @@ def test_run_exits_with_the_gap_error_and_counts_nothing_past_it(tmp_path: Path)
     assert '"watermark": 2' in status.stdout
 
 
+def test_a_full_async_group_goes_without_waiting_out_the_linger(tmp_path: Path) -> None:
+    """Hits arriving faster than a group per linger are sent as full groups at
+    once. (Once, every group lingered: above `max_group` hits per linger the
+    queue grew until it was full, and async redirects dropped hits.)"""
+    linger_s = 5.0  # longer than the test waits for them: only full groups may go
+
+    async def scenario() -> tuple[list[int], int, int]:
+        groups: list[int] = []
+        writer = HitWriter(
+            Target(data_dir=tmp_path),
+            durable=False,
+            max_group=100,
+            queue_max=1_000,
+            linger_s=linger_s,
+            on_commit=lambda n, _s, _depth: groups.append(n),
+        )
+        await writer.start()
+        for k in range(250):
+            assert writer.record_nowait(hit(f"g{k}", 1_764_000_000_000 + k, f"c{k % 7}"))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + linger_s * 0.8
+        while sum(groups) < 200 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        sent = list(groups)
+        await writer.stop()  # the last 50 go once their linger ends
+        return sent, writer.stats.dropped, sum(groups)
+
+    sent, dropped, written = asyncio.run(scenario())
+    assert sent[:2] == [100, 100]  # both full groups, long before the linger ends
+    assert dropped == 0
+    assert written == 250
+    log = SqliteHitLog(tmp_path, readonly=True)
+    assert log.end(0).offset == 250
+    ids = [h.id for _offset, h in log.records(0)]
+    assert ids == [f"g{k}" for k in range(250)]  # in order, each once
+
+
 def test_a_full_async_queue_drops_and_counts_what_it_drops(tmp_path: Path) -> None:
     """In async mode a full queue refuses hits (counted), and the accepted ones
     are all written when the writer stops."""

@@ -1,12 +1,17 @@
 """Group commit for hits on the redirect path.
 
-Requests put hits on a bounded queue; one task takes everything queued (up to
-`max_group`) and sends it as one group to the worker's log-writer process
+Requests put hits on a bounded queue of groups; one task sends the oldest group
+(up to `max_group` hits) to the worker's log-writer process
 (`rlinks.server.logwriter`), which appends it in one transaction, while new
 hits queue up behind it. Under load one commit carries many hits; at low load
 a hit waits for nobody. In `commit` durability the redirect waits for its
 hit's transaction; in `async` it does not, and a full queue drops the hit and
 counts it (never silently).
+
+A hit is encoded into its group's buffer as it arrives (msgpack, the frame the
+writer process reads), so a queued hit is ~90 bytes in one buffer rather than
+three live objects: tens of thousands of those a second, kept for the linger,
+cost the worker more in cache misses than the encoding does.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from rlinks.server.logwriter import FRAME_HEADER, frame
 
 log = logging.getLogger(__name__)
 
-_GROUP_ENCODER = msgspec.msgpack.Encoder()
+_HIT_ENCODER = msgspec.msgpack.Encoder()
 _ANSWER_DECODER = msgspec.msgpack.Decoder(str | None)
 ASYNC_LINGER_S = 0.05
 WRITER_START_TIMEOUT_S = 60.0  # imports and opening the log, on a loaded machine
@@ -43,6 +48,27 @@ class WriterStats:
 
     dropped: int = 0  # async mode, queue full
     failed: int = 0  # the append failed; answered 503 (commit) or counted (async)
+
+
+class _Group:
+    """Hits queued for one append: their msgpack encodings, back to back, and
+    the commits waiting on them (`commit` durability)."""
+
+    __slots__ = ("body", "count", "waiting")
+
+    def __init__(self) -> None:
+        self.body = bytearray()
+        self.count = 0
+        self.waiting: list[asyncio.Future[None]] = []
+
+    def payload(self) -> bytes:
+        """The group as one msgpack array (what the writer decodes)."""
+        return _array_header(self.count) + self.body
+
+
+def _array_header(count: int) -> bytes:
+    """A msgpack array-32 header: 0xdd, then the length (big-endian)."""
+    return b"\xdd" + count.to_bytes(4, "big")
 
 
 class HitWriter:
@@ -71,7 +97,9 @@ class HitWriter:
         self._linger_s = (0.0 if durable else ASYNC_LINGER_S) if linger_s is None else linger_s
         # A deque and an event rather than asyncio.Queue: this is on every
         # redirect, and a deque append costs a tenth of Queue.put_nowait.
-        self._pending: deque[tuple[Hit, asyncio.Future[None] | None]] = deque()
+        # Hits join the last group until it holds `max_group`.
+        self._groups: deque[_Group] = deque()
+        self._queued = 0  # hits in `_groups`
         self._queue_max = queue_max
         self._wakeup = asyncio.Event()
         self._busy = False
@@ -110,7 +138,7 @@ class HitWriter:
         """Write what is queued, then stop the writer process."""
         if self._task is None:
             return
-        while self._pending or self._busy:
+        while self._groups or self._busy:
             await asyncio.sleep(0.005)
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
@@ -134,54 +162,69 @@ class HitWriter:
         committed, or fails with `WriterDownError`. Each waiting request holds
         one entry, so the connections bound the queue."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((hit, done))
+        group = self._open_group()
+        _HIT_ENCODER.encode_into(hit, group.body, -1)
+        group.count += 1
+        group.waiting.append(done)
+        self._queued += 1
         self._wakeup.set()
         return done
 
     def record_nowait(self, hit: Hit) -> bool:
         """Queue `hit` for the next group without waiting for its commit (async
         durability); False, and counted, if the queue is full."""
-        if len(self._pending) >= self._queue_max:
+        if self._queued >= self._queue_max:
             self.stats.dropped += 1
             return False
-        self._pending.append((hit, None))
+        group = self._open_group()
+        _HIT_ENCODER.encode_into(hit, group.body, -1)
+        group.count += 1
+        self._queued += 1
         self._wakeup.set()
         return True
 
+    def _open_group(self) -> _Group:
+        groups = self._groups
+        if not groups or groups[-1].count >= self._max_group:
+            groups.append(_Group())
+        return groups[-1]
+
     async def _run(self) -> None:
         while True:
-            if not self._pending:
+            if not self._groups:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             self._busy = True
-            if self._linger_s:
+            # Linger only for a group that is not full yet: a full one goes at
+            # once, or hits arriving faster than `max_group` per linger would
+            # pile up until the queue is full and then be dropped.
+            if self._linger_s and self._groups[0].count < self._max_group:
                 await asyncio.sleep(self._linger_s)
-            take = min(len(self._pending), self._max_group)
-            group = [self._pending.popleft() for _ in range(take)]
-            hits = [h for h, _ in group]
+            group = self._groups.popleft()
+            self._queued -= group.count
             started = time.perf_counter()
             error: WriterDownError | None = None
             try:
-                await self._append(hits)
+                await self._append(group.payload())
             except WriterDownError as e:
                 error = e
-                self.stats.failed += len(hits)
-                log.error("appending %d hits failed: %s", len(hits), e)
+                self.stats.failed += group.count
+                log.error("appending %d hits failed: %s", group.count, e)
                 if self._on_failure is not None:
-                    self._on_failure(len(hits))
+                    self._on_failure(group.count)
             else:
                 elapsed = time.perf_counter() - started
                 if self._on_commit is not None:
-                    self._on_commit(len(hits), elapsed, len(self._pending))
-            for _, done in group:
-                if done is not None and not done.done():
+                    self._on_commit(group.count, elapsed, self._queued)
+            for done in group.waiting:
+                if not done.done():
                     if error is None:
                         done.set_result(None)
                     else:
                         done.set_exception(error)
             self._busy = False
 
-    async def _append(self, hits: list[Hit]) -> None:
+    async def _append(self, payload: bytes) -> None:
         """One group to the writer process and its answer. A writer found dead
         fails the group at hand and is started again for the next one."""
         proc = self._proc
@@ -189,7 +232,7 @@ class HitWriter:
             await self._spawn()
             raise WriterDownError("the log writer had stopped; it was started again")
         try:
-            proc.stdin.write(frame(_GROUP_ENCODER.encode(hits)))
+            proc.stdin.write(frame(payload))
             await proc.stdin.drain()
             failure = await _answer(proc)
         except (OSError, asyncio.IncompleteReadError) as e:
