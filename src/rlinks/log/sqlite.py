@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import sqlite3
 from collections.abc import Iterator, Sequence
+from itertools import repeat
 from pathlib import Path
 
 import msgspec
@@ -145,27 +146,33 @@ class SqliteHitLog:
             return []
         positions: list[Position | None] = [None] * len(hits)
         repeats: list[tuple[int, int]] = []  # (index, index of the first with that id)
-        with Transaction(self._conn) as c:
-            known = {} if fresh_ids else self._logged_ids(c, [h.id for h in hits])
-            fresh: dict[int, list[int]] = {}  # partition -> input indexes, in order
-            first_seen: dict[str, int] = {}
-            for i, h in enumerate(hits):
-                if h.id in known:
-                    positions[i] = Position(*known[h.id], duplicate=True)
-                elif h.id in first_seen:
-                    repeats.append((i, first_seen[h.id]))
-                else:
-                    first_seen[h.id] = i
-                    fresh.setdefault(partition_of(h.code, self._partitions), []).append(i)
-            code_ids = self._intern(c, {hits[i].code for idx in fresh.values() for i in idx})
-            for partition, indexes in fresh.items():
-                block_hits = [hits[i] for i in indexes]
-                logged = self._append_partition(
-                    c, partition, block_hits, code_ids, index_ids=not fresh_ids
-                )
-                for i, logged_at in zip(indexes, logged, strict=True):
-                    positions[i] = logged_at
-        self._code_ids = code_ids  # committed: the new ids are real now
+        interned: dict[str, int] = {}
+        try:
+            with Transaction(self._conn) as c:
+                known = {} if fresh_ids else self._logged_ids(c, [h.id for h in hits])
+                fresh: dict[int, list[int]] = {}  # partition -> input indexes, in order
+                first_seen: dict[str, int] = {}
+                for i, h in enumerate(hits):
+                    if h.id in known:
+                        positions[i] = Position(*known[h.id], duplicate=True)
+                    elif h.id in first_seen:
+                        repeats.append((i, first_seen[h.id]))
+                    else:
+                        first_seen[h.id] = i
+                        fresh.setdefault(partition_of(h.code, self._partitions), []).append(i)
+                interned = self._intern(c, {hits[i].code for idx in fresh.values() for i in idx})
+                for partition, indexes in fresh.items():
+                    block_hits = [hits[i] for i in indexes]
+                    logged = self._append_partition(
+                        c, partition, block_hits, index_ids=not fresh_ids
+                    )
+                    for i, logged_at in zip(indexes, logged, strict=True):
+                        positions[i] = logged_at
+        except BaseException:
+            # Rolled back: those ids may yet be given to other codes.
+            for code in interned:
+                del self._code_ids[code]
+            raise
         return with_repeats(positions, repeats)
 
     def _append_partition(
@@ -173,7 +180,6 @@ class SqliteHitLog:
         c: sqlite3.Connection,
         partition: int,
         hits: list[Hit],
-        code_ids: dict[str, int],
         *,
         index_ids: bool,
     ) -> list[Position]:
@@ -181,6 +187,7 @@ class SqliteHitLog:
         (end,) = c.execute(
             "SELECT end_offset FROM partitions WHERE partition = ?", (partition,)
         ).fetchone()
+        code_ids = self._code_ids
         max_ts = max(h.ts_ms for h in hits)
         for start in range(0, len(hits), BLOCK_HITS):
             block = hits[start : start + BLOCK_HITS]
@@ -194,7 +201,9 @@ class SqliteHitLog:
                     first,
                     end,
                     max(h.ts_ms for h in block),
-                    np.fromiter((code_ids[h.code] for h in block), np.int32, len(block)).tobytes(),
+                    np.fromiter(
+                        map(code_ids.__getitem__, [h.code for h in block]), np.int32, len(block)
+                    ).tobytes(),
                     np.fromiter((h.ts_ms for h in block), np.int64, len(block)).tobytes(),
                     _RECORDS.encode(block),
                 ),
@@ -209,7 +218,10 @@ class SqliteHitLog:
             " WHERE partition = ?",
             (end, max_ts, max_ts, partition),
         )
-        return [Position(partition, end - len(hits) + 1 + k) for k in range(len(hits))]
+        first = end - len(hits) + 1
+        return list(
+            map(Position._make, zip(repeat(partition), range(first, end + 1), repeat(False)))
+        )
 
     def _logged_ids(self, c: sqlite3.Connection, ids: list[str]) -> dict[str, tuple[int, int]]:
         found: dict[str, tuple[int, int]] = {}
@@ -224,21 +236,26 @@ class SqliteHitLog:
         return found
 
     def _intern(self, c: sqlite3.Connection, codes: set[str]) -> dict[str, int]:
-        """Ids for `codes`, adding new ones to the code table in this transaction.
+        """Ids for the codes not yet known, added to the code table in this
+        transaction and to the cache at once; the ids added.
 
-        New ids join the cache only once the transaction commits (see append):
-        a rolled-back id may be given to another code later.
+        If the transaction rolls back, the caller takes them out of the cache
+        again (see append): a rolled-back id may be given to another code later.
         """
-        missing = [code for code in codes if code not in self._code_ids]
+        known = self._code_ids
+        missing = [code for code in codes if code not in known]
         if not missing:
-            return self._code_ids
+            return {}
         c.executemany("INSERT OR IGNORE INTO codes (code) VALUES (?)", [(m,) for m in missing])
-        ids = dict(self._code_ids)
+        added: dict[str, int] = {}
         for k in range(0, len(missing), _ID_LOOKUP_CHUNK):
             part = missing[k : k + _ID_LOOKUP_CHUNK]
             marks = ",".join("?" * len(part))
-            ids.update(c.execute(f"SELECT code, code_id FROM codes WHERE code IN ({marks})", part))
-        return ids
+            added.update(
+                c.execute(f"SELECT code, code_id FROM codes WHERE code IN ({marks})", part)
+            )
+        known.update(added)
+        return added
 
     # -- reading ---------------------------------------------------------------
 
