@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -69,6 +69,38 @@ def with_repeats(
     return [p for p in out if p is not None]
 
 
+def split_by_partition(
+    hits: Sequence[Hit],
+    partitions: int,
+    *,
+    fresh_ids: bool,
+    logged: Container[str] = (),
+) -> tuple[dict[int, list[int]], list[tuple[int, int]]]:
+    """What one append writes: the input indexes of its hits per partition, in
+    order, and the (index, index of the first with that id) of each id repeated
+    within the call, which is written once. Hits whose id is in `logged` are
+    left out (the caller flags them as duplicates). With `fresh_ids` each id is
+    new and comes once (see `HitLog.append`), so no id is looked at."""
+    groups: dict[int, list[int]] = {}
+    if fresh_ids:
+        if partitions == 1:
+            return {0: list(range(len(hits)))}, []
+        for i, h in enumerate(hits):
+            groups.setdefault(partition_of(h.code, partitions), []).append(i)
+        return groups, []
+    repeats: list[tuple[int, int]] = []
+    first_seen: dict[str, int] = {}
+    for i, h in enumerate(hits):
+        if h.id in logged:
+            continue
+        if h.id in first_seen:
+            repeats.append((i, first_seen[h.id]))
+            continue
+        first_seen[h.id] = i
+        groups.setdefault(partition_of(h.code, partitions), []).append(i)
+    return groups, repeats
+
+
 def partition_of(code: str, partitions: int) -> int:
     """`hash(code) mod P` with a hash that is the same in every process."""
     if partitions == 1:
@@ -124,9 +156,10 @@ class HitLog(Protocol):
     def append(self, hits: Sequence[Hit], *, fresh_ids: bool = False) -> list[Position]:
         """Log `hits` atomically; positions in input order, duplicates flagged.
 
-        `fresh_ids`: the caller has just made every id (UUIDv7, as the server
-        does), so none can be logged already and no producer can send one
-        again: the lookup is skipped and the ids are not indexed for dedup.
+        `fresh_ids`: the caller has just made every id, each once (UUIDv7, as
+        the server does), so none can be logged already or come twice in the
+        call, and no producer can send one again: the lookups are skipped and
+        the ids are not indexed for dedup.
         """
         ...
 

@@ -44,7 +44,7 @@ from rlinks.log.base import (
     Position,
     blocks_to_trim,
     gap_error,
-    partition_of,
+    split_by_partition,
     with_repeats,
 )
 from rlinks.log.sqlite import BLOCK_HITS
@@ -192,16 +192,7 @@ class RedisHitLog:
         if not hits:
             return []
         positions: list[Position | None] = [None] * len(hits)
-        repeats: list[tuple[int, int]] = []
-        first_seen: dict[str, int] = {}
-        groups: dict[int, list[int]] = {}
-        for i, h in enumerate(hits):
-            if h.id in first_seen:
-                repeats.append((i, first_seen[h.id]))
-                continue
-            first_seen[h.id] = i
-            groups.setdefault(partition_of(h.code, self._partitions), []).append(i)
-        pending = groups
+        pending, repeats = split_by_partition(hits, self._partitions, fresh_ids=fresh_ids)
         while pending:
             # One round trip for every partition's script (a pipeline; on a
             # cluster, one per node). A partition whose ids were partly

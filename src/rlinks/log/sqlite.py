@@ -34,7 +34,7 @@ from rlinks.log.base import (
     Position,
     blocks_to_trim,
     gap_error,
-    partition_of,
+    split_by_partition,
     with_repeats,
 )
 from rlinks.sqlitedb import Transaction, connect
@@ -145,21 +145,17 @@ class SqliteHitLog:
         if not hits:
             return []
         positions: list[Position | None] = [None] * len(hits)
-        repeats: list[tuple[int, int]] = []  # (index, index of the first with that id)
         interned: dict[str, int] = {}
         try:
             with Transaction(self._conn) as c:
                 known = {} if fresh_ids else self._logged_ids(c, [h.id for h in hits])
-                fresh: dict[int, list[int]] = {}  # partition -> input indexes, in order
-                first_seen: dict[str, int] = {}
-                for i, h in enumerate(hits):
-                    if h.id in known:
-                        positions[i] = Position(*known[h.id], duplicate=True)
-                    elif h.id in first_seen:
-                        repeats.append((i, first_seen[h.id]))
-                    else:
-                        first_seen[h.id] = i
-                        fresh.setdefault(partition_of(h.code, self._partitions), []).append(i)
+                if known:
+                    for i, h in enumerate(hits):
+                        if h.id in known:
+                            positions[i] = Position(*known[h.id], duplicate=True)
+                fresh, repeats = split_by_partition(
+                    hits, self._partitions, fresh_ids=fresh_ids, logged=known
+                )
                 interned = self._intern(c, {hits[i].code for idx in fresh.values() for i in idx})
                 for partition, indexes in fresh.items():
                     block_hits = [hits[i] for i in indexes]
@@ -188,11 +184,14 @@ class SqliteHitLog:
             "SELECT end_offset FROM partitions WHERE partition = ?", (partition,)
         ).fetchone()
         code_ids = self._code_ids
-        max_ts = max(h.ts_ms for h in hits)
+        max_ts = None
         for start in range(0, len(hits), BLOCK_HITS):
             block = hits[start : start + BLOCK_HITS]
             first = end + 1
             end += len(block)
+            ts = [h.ts_ms for h in block]
+            block_max_ts = max(ts)
+            max_ts = block_max_ts if max_ts is None else max(max_ts, block_max_ts)
             c.execute(
                 "INSERT INTO blocks (partition, first_offset, last_offset, max_ts_ms,"
                 " code_ids, ts_ms, records) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -200,11 +199,9 @@ class SqliteHitLog:
                     partition,
                     first,
                     end,
-                    max(h.ts_ms for h in block),
-                    np.fromiter(
-                        map(code_ids.__getitem__, [h.code for h in block]), np.int32, len(block)
-                    ).tobytes(),
-                    np.fromiter((h.ts_ms for h in block), np.int64, len(block)).tobytes(),
+                    block_max_ts,
+                    np.array([code_ids[h.code] for h in block], np.int32).tobytes(),
+                    np.array(ts, np.int64).tobytes(),
                     _RECORDS.encode(block),
                 ),
             )
