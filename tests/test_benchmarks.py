@@ -73,6 +73,8 @@ def test_redirect_latency_interleaves_modes_and_reports_ratios_to_off(tmp_path: 
     runs = {(r["round"], r["mode"], r["concurrency"]) for r in report["runs"]}
     assert runs == {(r, m, c) for r in (0, 1) for m in ("off", "append-async") for c in (1, 4)}
     assert all(r["requests"] > 0 and r["errors"] == 0 for r in report["runs"])
+    # read from the async server's /metrics (off records no hits, so is not listed)
+    assert report["hits_dropped"] == {"append-async": 0}
     cells = {(c["mode"], c["concurrency"]): c for c in report["cells"]}
     assert set(cells) == {(m, c) for m in ("off", "append-async") for c in (1, 4)}
     for (mode, _c), cell in cells.items():

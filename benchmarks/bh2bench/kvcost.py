@@ -36,6 +36,7 @@ from bh2bench.probes import ProbeResult
 from bh2bench.servers import BIN, Server, child_env
 
 _REQUESTS_RE: Final = re.compile(r'^rlinks_requests_total\{status="(\d+)"\}\s+([0-9.e+]+)$', re.M)
+_DROPPED_RE: Final = re.compile(r"^rlinks_hits_dropped_total\s+([0-9.e+]+)$", re.M)
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,23 @@ def redirects_answered(
     return last
 
 
-def _scrape(server: Server) -> dict[int, int]:
+def hits_dropped(server: Server) -> int:
+    """Hits the server's async queue refused so far (`rlinks_hits_dropped_total`)."""
+    found = _DROPPED_RE.search(_metrics(server))
+    return int(float(found.group(1))) if found else 0
+
+
+def _metrics(server: Server) -> str:
     try:
         with urllib.request.urlopen(server.url("/metrics"), timeout=10) as r:
-            text = r.read().decode()
+            text: str = r.read().decode()
     except OSError as e:
         raise BenchError(f"cannot read {server.url('/metrics')}: {e}") from e
+    return text
+
+
+def _scrape(server: Server) -> dict[int, int]:
+    text = _metrics(server)
     # The scrapes (and /healthz) are requests too, answered 200: left out.
     counts = {int(s): int(float(n)) for s, n in _REQUESTS_RE.findall(text)}
     return {status: n for status, n in counts.items() if status != 200}
