@@ -21,6 +21,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from itertools import repeat
 from pathlib import Path
+from typing import cast
 
 import msgspec
 import numpy as np
@@ -156,11 +157,10 @@ class SqliteHitLog:
                 fresh, repeats = split_by_partition(
                     hits, self._partitions, fresh_ids=fresh_ids, logged=known
                 )
-                interned = self._intern(c, {hits[i].code for idx in fresh.values() for i in idx})
                 for partition, indexes in fresh.items():
                     block_hits = [hits[i] for i in indexes]
                     logged = self._append_partition(
-                        c, partition, block_hits, index_ids=not fresh_ids
+                        c, partition, block_hits, index_ids=not fresh_ids, interned=interned
                     )
                     for i, logged_at in zip(indexes, logged, strict=True):
                         positions[i] = logged_at
@@ -178,12 +178,14 @@ class SqliteHitLog:
         hits: list[Hit],
         *,
         index_ids: bool,
+        interned: dict[str, int],
     ) -> list[Position]:
-        """Write `hits` as blocks at the partition's end; their positions."""
+        """Write `hits` as blocks at the partition's end; their positions. New
+        codes get ids in this transaction and are added to `interned`."""
         (end,) = c.execute(
             "SELECT end_offset FROM partitions WHERE partition = ?", (partition,)
         ).fetchone()
-        code_ids = self._code_ids
+        code_ids = self._ids_of(c, [h.code for h in hits], interned)
         max_ts = None
         for start in range(0, len(hits), BLOCK_HITS):
             block = hits[start : start + BLOCK_HITS]
@@ -200,7 +202,7 @@ class SqliteHitLog:
                     first,
                     end,
                     block_max_ts,
-                    np.array([code_ids[h.code] for h in block], np.int32).tobytes(),
+                    np.array(code_ids[start : start + BLOCK_HITS], np.int32).tobytes(),
                     np.array(ts, np.int64).tobytes(),
                     _RECORDS.encode(block),
                 ),
@@ -232,17 +234,21 @@ class SqliteHitLog:
                 found[hit_id] = (partition, offset)
         return found
 
-    def _intern(self, c: sqlite3.Connection, codes: set[str]) -> dict[str, int]:
-        """Ids for the codes not yet known, added to the code table in this
-        transaction and to the cache at once; the ids added.
+    def _ids_of(
+        self, c: sqlite3.Connection, codes: list[str], interned: dict[str, int]
+    ) -> list[int]:
+        """The code id of each of `codes`. Codes not known yet are added to the
+        code table in this transaction, to the cache at once and to `interned`:
+        if the transaction rolls back, `append` takes them out of the cache
+        again, as a rolled-back id may be given to another code later.
 
-        If the transaction rolls back, the caller takes them out of the cache
-        again (see append): a rolled-back id may be given to another code later.
-        """
+        One cache lookup per hit: with 100,000 codes the cache is far larger
+        than the CPU's caches, and each lookup is mostly memory latency."""
         known = self._code_ids
-        missing = [code for code in codes if code not in known]
-        if not missing:
-            return {}
+        ids = list(map(known.get, codes))
+        if None not in ids:
+            return cast(list[int], ids)
+        missing = list({code for code, i in zip(codes, ids, strict=True) if i is None})
         c.executemany("INSERT OR IGNORE INTO codes (code) VALUES (?)", [(m,) for m in missing])
         added: dict[str, int] = {}
         for k in range(0, len(missing), _ID_LOOKUP_CHUNK):
@@ -252,7 +258,8 @@ class SqliteHitLog:
                 c.execute(f"SELECT code, code_id FROM codes WHERE code IN ({marks})", part)
             )
         known.update(added)
-        return added
+        interned.update(added)
+        return [known[code] for code in codes]
 
     # -- reading ---------------------------------------------------------------
 
