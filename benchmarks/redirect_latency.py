@@ -5,7 +5,10 @@ scenario's routes) and nginx answering `return 302` (the HTTP floor) all run
 at once on free loopback ports. Each round drives every server with wrk for
 `--seconds` at each concurrency, one after the other, in an order that turns
 around every round; the figures are medians over rounds, and each ratio to
-`off` is taken within a round and then its median. Drift of a shared machine
+`off` is taken within a round and then its median. It also reads the CPU time
+each of a server's processes used over each run (from /proc), per request:
+worker (w), log writer (lw), aggregator (agg). With the client on the same
+cores, a mode's rps follows its CPU per request. Drift of a shared machine
 (other tenants, frequency) then falls on all modes alike, where one mode
 after another would each see their own stretch of it.
 
@@ -38,7 +41,7 @@ from rich.table import Table
 
 from bh2bench.knobs import Scenario
 from bh2bench.kvcost import hits_dropped
-from bh2bench.servers import BIN, Server, nginx_server, rlinks_server
+from bh2bench.servers import BIN, ROLES, Server, cpu_by_role, nginx_server, rlinks_server
 from bh2bench.workload import sample_paths, write_paths, write_routes
 from bh2bench.wrk import WrkFigures, require_wrk, run_wrk
 
@@ -77,6 +80,11 @@ class Cell:
     p95_over_off: float | None
     rps_over_off: float | None
     p95_minus_off_ms: float | None
+    # CPU time per answered request, all of the server's processes, and by
+    # process (worker, log writer, aggregator): medians over rounds. On a
+    # machine whose cores the client shares, rps follows it.
+    cpu_us_per_request: float
+    cpu_us_by_process: dict[str, float]
 
 
 def main() -> None:
@@ -100,11 +108,11 @@ def main() -> None:
             servers = {m: stack.enter_context(_server(m, args.scenario, work)) for m in modes}
             for server in servers.values():  # connections, caches, the writers started
                 run_wrk(server.url("/"), paths, concurrency=10, duration_s=1)
-            runs = _rounds(servers, paths, args)
+            runs, cpu = _rounds(servers, paths, args)
             # Async redirects do not wait for their hits: one that cannot keep
             # up drops hits (counted) and would look faster than it is.
             dropped = {m: hits_dropped(s) for m, s in servers.items() if m in RECORDS_HITS}
-    cells = _cells(runs, modes, args.concurrency)
+    cells = _cells(runs, cpu, modes, args.concurrency)
     _print(cells, args)
     for mode, n in dropped.items():
         if n:
@@ -119,7 +127,14 @@ def main() -> None:
                     "hits_dropped": dropped,
                     "cells": [asdict(c) for c in cells],
                     "runs": [
-                        {"round": r, "mode": m, "concurrency": c, **asdict(f), "rps": f.rps}
+                        {
+                            "round": r,
+                            "mode": m,
+                            "concurrency": c,
+                            **asdict(f),
+                            "rps": f.rps,
+                            "cpu_us_by_process": cpu[r, m, c],
+                        }
                         for (r, m, c), f in runs.items()
                     ],
                 },
@@ -148,10 +163,16 @@ def _server(mode: str, scenario: Scenario, work: Path) -> Iterator[Server]:
         yield server
 
 
+Key = tuple[int, str, int]  # (round, mode, concurrency)
+
+
 def _rounds(
     servers: dict[str, Server], paths: Path, args: argparse.Namespace
-) -> dict[tuple[int, str, int], WrkFigures]:
-    runs: dict[tuple[int, str, int], WrkFigures] = {}
+) -> tuple[dict[Key, WrkFigures], dict[Key, dict[str, float]]]:
+    """Every run's wrk figures, and the CPU time per request each of the
+    server's processes used in it (microseconds, by role)."""
+    runs: dict[Key, WrkFigures] = {}
+    cpu: dict[Key, dict[str, float]] = {}
     order = list(servers)
     total = args.rounds * len(args.concurrency) * len(order)
     with Progress(console=console, transient=True) as progress:
@@ -159,17 +180,26 @@ def _rounds(
         for r in range(args.rounds):
             for c in args.concurrency:
                 for mode in order if r % 2 == 0 else order[::-1]:
+                    before = cpu_by_role(servers[mode])
                     f = run_wrk(
                         servers[mode].url("/"), paths, concurrency=c, duration_s=args.seconds
                     )
+                    after = cpu_by_role(servers[mode])
                     runs[r, mode, c] = f
+                    cpu[r, mode, c] = {
+                        role: (used - before.get(role, 0.0)) / max(f.requests, 1) * 1e6
+                        for role, used in after.items()
+                    }
                     progress.advance(task)
                     time.sleep(0.2)  # let the last run's connections close
-    return runs
+    return runs, cpu
 
 
 def _cells(
-    runs: dict[tuple[int, str, int], WrkFigures], modes: list[str], concurrencies: list[int]
+    runs: dict[Key, WrkFigures],
+    cpu: dict[Key, dict[str, float]],
+    modes: list[str],
+    concurrencies: list[int],
 ) -> list[Cell]:
     rounds = sorted({r for r, _, _ in runs})
 
@@ -185,6 +215,8 @@ def _cells(
     for c in concurrencies:
         for mode in modes:
             fs = [runs[r, mode, c] for r in rounds]
+            used = [cpu[r, mode, c] for r in rounds]
+            roles = sorted({role for u in used for role in u}, key=ROLES.index)
             cells.append(
                 Cell(
                     mode=mode,
@@ -198,6 +230,10 @@ def _cells(
                     p95_over_off=against_off(mode, c, lambda m, o: m.p95_ms / o.p95_ms),
                     rps_over_off=against_off(mode, c, lambda m, o: m.rps / o.rps),
                     p95_minus_off_ms=against_off(mode, c, lambda m, o: m.p95_ms - o.p95_ms),
+                    cpu_us_per_request=statistics.median(sum(u.values()) for u in used),
+                    cpu_us_by_process={
+                        role: statistics.median(u.get(role, 0.0) for u in used) for role in roles
+                    },
                 )
             )
     return cells
@@ -209,7 +245,7 @@ def _print(cells: list[Cell], args: argparse.Namespace) -> None:
         f"{args.rounds} interleaved rounds"
     )
     for col in ("mode", "c", "rps", "p50 ms", "p95 ms", "p99 ms", "errors", "p95 / off",
-                "p95 - off ms", "rps / off"):  # fmt: skip
+                "p95 - off ms", "rps / off", "cpu us/req"):  # fmt: skip
         table.add_column(col, justify="left" if col == "mode" else "right")
 
     def fmt(v: float | None, spec: str) -> str:
@@ -227,8 +263,21 @@ def _print(cells: list[Cell], args: argparse.Namespace) -> None:
             fmt(cell.p95_over_off, ".2f"),
             fmt(cell.p95_minus_off_ms, "+.2f"),
             fmt(cell.rps_over_off, ".2f"),
+            _cpu_text(cell),
         )
     Console(width=160).print(table)
+
+
+def _cpu_text(cell: Cell) -> str:
+    """The total, and its parts when more than one process used CPU."""
+    parts = {role: us for role, us in cell.cpu_us_by_process.items() if us >= 0.05}
+    if len(parts) <= 1:
+        return f"{cell.cpu_us_per_request:.1f}"
+    inner = " + ".join(f"{us:.1f} {_SHORT.get(role, role)}" for role, us in parts.items())
+    return f"{cell.cpu_us_per_request:.1f} ({inner})"
+
+
+_SHORT = {"worker": "w", "log writer": "lw", "aggregator": "agg"}
 
 
 if __name__ == "__main__":

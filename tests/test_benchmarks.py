@@ -82,3 +82,8 @@ def test_redirect_latency_interleaves_modes_and_reports_ratios_to_off(tmp_path: 
         if mode == "off":
             assert cell["p95_over_off"] == 1.0 and cell["rps_over_off"] == 1.0
         assert cell["p95_over_off"] > 0 and cell["rps_over_off"] > 0
+        # CPU per request, from /proc: the worker always; async also has a writer
+        assert cell["cpu_us_by_process"]["worker"] > 0
+        assert cell["cpu_us_per_request"] > 0
+    assert "log writer" in cells["append-async", 4]["cpu_us_by_process"]
+    assert "log writer" not in cells["off", 4]["cpu_us_by_process"]

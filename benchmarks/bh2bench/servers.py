@@ -79,6 +79,37 @@ class Server:
         return None
 
 
+# The processes of a server, in the order reports list them; what each is is
+# told by a piece of its command line (anything else is a server worker).
+ROLES: Final = ("worker", "log writer", "aggregator", "nginx")
+_ROLE_OF: Final = (
+    (b"rlinks.server.logwriter", "log writer"),
+    (b"rlinks.cli.bh2", "aggregator"),
+    (b"nginx", "nginx"),
+)
+
+
+def cpu_by_role(server: Server) -> dict[str, float]:
+    """CPU seconds used so far by the live processes of the server's process
+    group, summed per role: server worker(s), log writer(s), aggregator."""
+    out: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if os.getpgid(pid) != server.proc.pid:
+                continue
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ProcessLookupError):
+            continue
+        role = next((name for part, name in _ROLE_OF if part in cmdline), "worker")
+        used = cpu_seconds(pid)
+        if used is not None:
+            out[role] = out.get(role, 0.0) + used
+    return out
+
+
 def cpu_seconds(pid: int | None) -> float | None:
     """User + system CPU time of a live process (None if it is gone)."""
     if pid is None:
