@@ -10,8 +10,10 @@ counts it (never silently).
 
 A hit is encoded into its group's buffer as it arrives (msgpack, the frame the
 writer process reads), so a queued hit is ~90 bytes in one buffer rather than
-three live objects: tens of thousands of those a second, kept for the linger,
-cost the worker more in cache misses than the encoding does.
+a Hit and a tuple kept alive until its group goes. With this queue, async
+redirects went from 0.74x to 0.82x of `--hits off`'s rps (the old and new
+servers side by side, `wrk -t1 -c10 -d3s` over the uniform routes of
+`benchmarks/redirect_latency.py`, medians of 6 interleaved rounds).
 """
 
 from __future__ import annotations
