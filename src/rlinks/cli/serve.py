@@ -46,7 +46,9 @@ _PR_SET_PDEATHSIG = 1
     default="commit",
     show_default=True,
     help="commit: redirect only after the hit is committed (a crash loses no "
-    "redirected hit); async: redirect at once, queue bounded, drops counted.",
+    "redirected hit); async: redirect at once and write hits every 50 ms or "
+    "2,048 hits, whichever comes first (a crash loses what is queued; a full "
+    "queue drops hits and counts them in /metrics).",
 )
 @click.option(
     "--aggregate/--no-aggregate",
