@@ -40,8 +40,15 @@ from rich.progress import Progress
 from rich.table import Table
 
 from bh2bench.knobs import Scenario
-from bh2bench.kvcost import hits_dropped
-from bh2bench.servers import BIN, ROLES, Server, cpu_by_role, nginx_server, rlinks_server
+from bh2bench.servers import (
+    BIN,
+    ROLES,
+    Server,
+    cpu_by_role,
+    hits_dropped,
+    nginx_server,
+    rlinks_server,
+)
 from bh2bench.workload import sample_paths, write_paths, write_routes
 from bh2bench.wrk import WrkFigures, require_wrk, run_wrk
 

@@ -26,17 +26,15 @@ import json
 import re
 import subprocess
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from bh2bench.errors import BenchError
 from bh2bench.probes import ProbeResult
-from bh2bench.servers import BIN, Server, child_env
+from bh2bench.servers import BIN, Server, child_env, metrics_text
 
 _REQUESTS_RE: Final = re.compile(r'^rlinks_requests_total\{status="(\d+)"\}\s+([0-9.e+]+)$', re.M)
-_DROPPED_RE: Final = re.compile(r"^rlinks_hits_dropped_total\s+([0-9.e+]+)$", re.M)
 
 
 @dataclass(frozen=True)
@@ -78,23 +76,8 @@ def redirects_answered(
     return last
 
 
-def hits_dropped(server: Server) -> int:
-    """Hits the server's async queue refused so far (`rlinks_hits_dropped_total`)."""
-    found = _DROPPED_RE.search(_metrics(server))
-    return int(float(found.group(1))) if found else 0
-
-
-def _metrics(server: Server) -> str:
-    try:
-        with urllib.request.urlopen(server.url("/metrics"), timeout=10) as r:
-            text: str = r.read().decode()
-    except OSError as e:
-        raise BenchError(f"cannot read {server.url('/metrics')}: {e}") from e
-    return text
-
-
 def _scrape(server: Server) -> dict[int, int]:
-    text = _metrics(server)
+    text = metrics_text(server)
     # The scrapes (and /healthz) are requests too, answered 200: left out.
     counts = {int(s): int(float(n)) for s, n in _REQUESTS_RE.findall(text)}
     return {status: n for status, n in counts.items() if status != 200}

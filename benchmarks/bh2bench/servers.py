@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -77,6 +78,25 @@ class Server:
             except (OSError, ProcessLookupError):
                 continue
         return None
+
+
+_DROPPED_RE: Final = re.compile(r"^rlinks_hits_dropped_total\s+([0-9.e+]+)$", re.M)
+
+
+def metrics_text(server: Server) -> str:
+    """The server's /metrics page."""
+    try:
+        with urllib.request.urlopen(server.url("/metrics"), timeout=10) as r:
+            text: str = r.read().decode()
+    except OSError as e:
+        raise BenchError(f"cannot read {server.url('/metrics')}: {e}") from e
+    return text
+
+
+def hits_dropped(server: Server) -> int:
+    """Hits the server's async queue refused so far (`rlinks_hits_dropped_total`)."""
+    found = _DROPPED_RE.search(metrics_text(server))
+    return int(float(found.group(1))) if found else 0
 
 
 # The processes of a server, in the order reports list them; what each is is
