@@ -7,28 +7,27 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_aggregate_throughput_quick_mode_reports_verified_figures(tmp_path: Path) -> None:
-    """`aggregate_throughput.py --quick` checks its own results and writes every figure."""
-    out = tmp_path / "quick.json"
+def run_benchmark(script: str, out: Path, *args: str | Path) -> Any:
+    """Run `benchmarks/SCRIPT ARGS --json OUT` (failing on a non-zero exit);
+    the report it wrote."""
     subprocess.run(
-        [
-            sys.executable,
-            ROOT / "benchmarks" / "aggregate_throughput.py",
-            "--quick",
-            "--workdir",
-            tmp_path / "work",
-            "--json",
-            out,
-        ],
+        [sys.executable, ROOT / "benchmarks" / script, *args, "--json", out],
         check=True,
         capture_output=True,
         timeout=240,
     )
-    report = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_aggregate_throughput_quick_mode_reports_verified_figures(tmp_path: Path) -> None:
+    """`aggregate_throughput.py --quick` checks its own results and writes every figure."""
+    out, work = tmp_path / "quick.json", tmp_path / "work"
+    report = run_benchmark("aggregate_throughput.py", out, "--quick", "--workdir", work)
     assert report["n"] == 50_000
     assert {"ingest", "run", "run_inproc", "aggregate", "aggregate_inproc", "naive"} <= set(
         report["results"]
@@ -44,31 +43,12 @@ def test_aggregate_throughput_quick_mode_reports_verified_figures(tmp_path: Path
 def test_redirect_latency_interleaves_modes_and_reports_ratios_to_off(tmp_path: Path) -> None:
     """`redirect_latency.py` runs every mode in each round and reports medians and
     per-round ratios to `off` (off against itself is exactly 1)."""
-    out = tmp_path / "latency.json"
-    subprocess.run(
-        [
-            sys.executable,
-            ROOT / "benchmarks" / "redirect_latency.py",
-            "--scenario",
-            "zipf",
-            "--modes",
-            "off",
-            "append-async",
-            "--concurrency",
-            "1",
-            "4",
-            "--seconds",
-            "1",
-            "--rounds",
-            "2",
-            "--json",
-            out,
-        ],
-        check=True,
-        capture_output=True,
-        timeout=240,
+    report = run_benchmark(
+        "redirect_latency.py",
+        tmp_path / "latency.json",
+        *("--scenario", "zipf", "--modes", "off", "append-async"),
+        *("--concurrency", "1", "4", "--seconds", "1", "--rounds", "2"),
     )
-    report = json.loads(out.read_text())
     assert report["scenario"] == "zipf" and report["rounds"] == 2
     runs = {(r["round"], r["mode"], r["concurrency"]) for r in report["runs"]}
     assert runs == {(r, m, c) for r in (0, 1) for m in ("off", "append-async") for c in (1, 4)}

@@ -66,18 +66,41 @@ class Server:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
 
-    def aggregator_pid(self) -> int | None:
-        """The BH2 aggregator that `rlinks serve` runs as a child, if any."""
+    def processes(self) -> dict[int, str]:
+        """The live processes of this server's process group: pid -> role
+        (one of `ROLES`)."""
+        found: dict[int, str] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
+            pid = int(entry.name)
             try:
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-                if b"rlinks.cli.bh2" in cmdline and os.getpgid(int(entry.name)) == self.proc.pid:
-                    return int(entry.name)
+                if os.getpgid(pid) != self.proc.pid:
+                    continue
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
             except (OSError, ProcessLookupError):
                 continue
-        return None
+            found[pid] = _role(argv)
+        return found
+
+    def aggregator_pid(self) -> int | None:
+        """The BH2 aggregator that `rlinks serve` runs as a child, if any."""
+        return next((p for p, role in self.processes().items() if role == "aggregator"), None)
+
+
+# The processes of a server, in the order reports list them.
+ROLES: Final = ("worker", "log writer", "aggregator", "nginx")
+
+
+def _role(argv: list[bytes]) -> str:
+    """What a process of a server is, from its command line."""
+    if b"rlinks.server.logwriter" in argv:
+        return "log writer"
+    if b"rlinks.cli.bh2" in argv:
+        return "aggregator"
+    if argv and argv[0].startswith(b"nginx"):  # nginx names its processes so
+        return "nginx"
+    return "worker"
 
 
 _DROPPED_RE: Final = re.compile(r"^rlinks_hits_dropped_total\s+([0-9.e+]+)$", re.M)
@@ -99,31 +122,11 @@ def hits_dropped(server: Server) -> int:
     return int(float(found.group(1))) if found else 0
 
 
-# The processes of a server, in the order reports list them; what each is is
-# told by a piece of its command line (anything else is a server worker).
-ROLES: Final = ("worker", "log writer", "aggregator", "nginx")
-_ROLE_OF: Final = (
-    (b"rlinks.server.logwriter", "log writer"),
-    (b"rlinks.cli.bh2", "aggregator"),
-    (b"nginx", "nginx"),
-)
-
-
 def cpu_by_role(server: Server) -> dict[str, float]:
     """CPU seconds used so far by the live processes of the server's process
     group, summed per role: server worker(s), log writer(s), aggregator."""
     out: dict[str, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        try:
-            if os.getpgid(pid) != server.proc.pid:
-                continue
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, ProcessLookupError):
-            continue
-        role = next((name for part, name in _ROLE_OF if part in cmdline), "worker")
+    for pid, role in server.processes().items():
         used = cpu_seconds(pid)
         if used is not None:
             out[role] = out.get(role, 0.0) + used

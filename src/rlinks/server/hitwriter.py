@@ -164,12 +164,7 @@ class HitWriter:
         committed, or fails with `WriterDownError`. Each waiting request holds
         one entry, so the connections bound the queue."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        group = self._open_group()
-        _HIT_ENCODER.encode_into(hit, group.body, -1)
-        group.count += 1
-        group.waiting.append(done)
-        self._queued += 1
-        self._wakeup.set()
+        self._queue(hit).waiting.append(done)
         return done
 
     def record_nowait(self, hit: Hit) -> bool:
@@ -178,18 +173,21 @@ class HitWriter:
         if self._queued >= self._queue_max:
             self.stats.dropped += 1
             return False
-        group = self._open_group()
+        self._queue(hit)
+        return True
+
+    def _queue(self, hit: Hit) -> _Group:
+        """Encode `hit` into the open group (a new one once the last is full)
+        and wake the sender; that group."""
+        groups = self._groups
+        if not groups or groups[-1].count >= self._max_group:
+            groups.append(_Group())
+        group = groups[-1]
         _HIT_ENCODER.encode_into(hit, group.body, -1)
         group.count += 1
         self._queued += 1
         self._wakeup.set()
-        return True
-
-    def _open_group(self) -> _Group:
-        groups = self._groups
-        if not groups or groups[-1].count >= self._max_group:
-            groups.append(_Group())
-        return groups[-1]
+        return group
 
     async def _run(self) -> None:
         while True:
