@@ -234,6 +234,33 @@ def test_async_mode_appends_every_redirect(tmp_path: Path) -> None:
         assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_writes_queued_hits_and_leaves_nothing_behind(tmp_path: Path, workers: int) -> None:
+    """SIGTERM right after async redirects: every hit is appended, the server
+    exits 0, and neither a process nor its metrics folder is left."""
+    data = tmp_path / "data"
+    codes, paths = codes_and_paths("term")
+    put_routes(data, codes)
+    flags = ("--durability", "async", "--workers", str(workers))
+    with running_server(data, *flags) as s:
+        got = hammer(s, paths, THREADS)
+        assert sum(got.values()) == N_HITS
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(timeout=15) == 0, s.stderr()
+
+        def group_gone() -> bool:
+            try:
+                os.killpg(s.proc.pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        assert wait_for(group_gone, timeout=10), "a process of the server outlived it"
+        assert log_end(data) == N_HITS
+        # running_server points TMPDIR here; the metrics folder lives in it.
+        assert list((tmp_path / "data-server-tmp").iterdir()) == []
+
+
 # -- the other hit modes ----------------------------------------------------------------
 
 

@@ -150,20 +150,28 @@ def serve(
         admin_token=os.environ.get(ENV_ADMIN_TOKEN) or None,
     )
     _prepare(target, partitions)
+    # uvicorn stops gracefully on SIGTERM and then raises the signal again
+    # with the handler it found. Python's default handler would end the
+    # process there, skipping the clean-up below (the metrics folder was left
+    # in TMPDIR on every stop); this one unwinds it and exits 0, as the
+    # aggregator and uvicorn's multi-worker supervisor do.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     metrics_dir = tempfile.mkdtemp(prefix="rlinks-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    os.environ[ENV_CONFIG] = config.to_env()
-    aggregator = _start_aggregator(target, window) if aggregate and hits == "append" else None
-    err.print(
-        f"rlinks serving http://{host}:{port} (hits={hits}, durability={durability}, "
-        f"workers={workers}, aggregator={f'pid {aggregator.pid}' if aggregator else 'off'}, "
-        f"admin API {'on' if config.admin_token else 'off'})"
-    )
-    import uvicorn  # here, after PROMETHEUS_MULTIPROC_DIR is set for the metrics module
-
-    from rlinks.server.protocol import RedirectProtocol
-
+    aggregator: subprocess.Popen[bytes] | None = None
     try:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        os.environ[ENV_CONFIG] = config.to_env()
+        if aggregate and hits == "append":
+            aggregator = _start_aggregator(target, window)
+        err.print(
+            f"rlinks serving http://{host}:{port} (hits={hits}, durability={durability}, "
+            f"workers={workers}, aggregator={f'pid {aggregator.pid}' if aggregator else 'off'}, "
+            f"admin API {'on' if config.admin_token else 'off'})"
+        )
+        import uvicorn  # here, after PROMETHEUS_MULTIPROC_DIR is set for the metrics module
+
+        from rlinks.server.protocol import RedirectProtocol
+
         uvicorn.run(
             "rlinks.server.app:create_app",
             factory=True,
@@ -188,6 +196,10 @@ def serve(
             except subprocess.TimeoutExpired:
                 aggregator.kill()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _prepare(target: Target, partitions: int) -> None:
