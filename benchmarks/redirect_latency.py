@@ -12,6 +12,15 @@ cores, a mode's rps follows its CPU per request. Drift of a shared machine
 (other tenants, frequency) then falls on all modes alike, where one mode
 after another would each see their own stretch of it.
 
+`--tree NAME=SRC` runs every chosen rlinks mode a second time from another
+source tree (SRC is put first on PYTHONPATH: the `src` folder of a
+`git worktree`, say), as `MODE@NAME`, in the same rounds: a change and the
+code it replaces, side by side on the same machine at the same moments.
+
+    git worktree add /tmp/before HEAD~1
+    .venv/bin/python benchmarks/redirect_latency.py --scenario uniform \
+        --modes off append-async --tree before=/tmp/before/src
+
 The BH2 pipeline (`run_bh2.sh`) starts a fresh server for each short run
 and also counts KV writes and staleness; this script measures servers that
 have been answering for a while, for the redirect path's speed targets.
@@ -102,23 +111,37 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=2, help="whole seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=5, help="runs per mode and concurrency")
     parser.add_argument("--json", type=Path, help="also write every run and cell here")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="NAME=SRC",
+        help="also run each chosen rlinks mode from the source folder SRC (put first on "
+        "PYTHONPATH, e.g. a git worktree's src), reported as MODE@NAME; repeatable",
+    )
     args = parser.parse_args()
     require_wrk()
     if args.rounds < 1 or args.seconds < 1:
         parser.error("--rounds and --seconds must be at least 1")
+    trees = _trees(parser, args.tree)
     modes: list[str] = list(dict.fromkeys(args.modes))
+    modes += [f"{m}@{name}" for name in trees for m in modes if m != NGINX]
     with tempfile.TemporaryDirectory(prefix="rlinks-latency-") as tmp:
         work = Path(tmp)
         paths = work / "paths.txt"
         write_paths(paths, sample_paths(args.scenario, PATHS, seed=1))
         with contextlib.ExitStack() as stack:
-            servers = {m: stack.enter_context(_server(m, args.scenario, work)) for m in modes}
+            servers = {
+                m: stack.enter_context(_server(m, args.scenario, work, trees)) for m in modes
+            }
             for server in servers.values():  # connections, caches, the writers started
                 run_wrk(server.url("/"), paths, concurrency=10, duration_s=1)
             runs, cpu = _rounds(servers, paths, args)
             # Async redirects do not wait for their hits: one that cannot keep
             # up drops hits (counted) and would look faster than it is.
-            dropped = {m: hits_dropped(s) for m, s in servers.items() if m in RECORDS_HITS}
+            dropped = {
+                m: hits_dropped(s) for m, s in servers.items() if m.split("@")[0] in RECORDS_HITS
+            }
     cells = _cells(runs, cpu, modes, args.concurrency)
     _print(cells, args)
     for mode, n in dropped.items():
@@ -129,6 +152,7 @@ def main() -> None:
             json.dumps(
                 {
                     "scenario": args.scenario,
+                    "trees": {name: str(src) for name, src in trees.items()},
                     "seconds": args.seconds,
                     "rounds": args.rounds,
                     "hits_dropped": dropped,
@@ -150,8 +174,26 @@ def main() -> None:
         )
 
 
+def _trees(parser: argparse.ArgumentParser, given: list[str]) -> dict[str, Path]:
+    """`--tree NAME=SRC` values as {NAME: SRC}, each SRC holding the rlinks package."""
+    trees: dict[str, Path] = {}
+    for value in given:
+        name, sep, src = value.partition("=")
+        if not sep or not name or "@" in name or not src:
+            parser.error(f"--tree takes NAME=SRC (a name without @, then a folder): {value!r}")
+        if name in trees:
+            parser.error(f"--tree {name} is given twice")
+        folder = Path(src).expanduser().resolve()
+        if not (folder / "rlinks" / "__init__.py").is_file():
+            parser.error(f"--tree {name}: {folder} does not hold the rlinks package (rlinks/)")
+        trees[name] = folder
+    return trees
+
+
 @contextlib.contextmanager
-def _server(mode: str, scenario: Scenario, work: Path) -> Iterator[Server]:
+def _server(mode: str, scenario: Scenario, work: Path, trees: dict[str, Path]) -> Iterator[Server]:
+    """The server for `mode` (`MODE@TREE`: MODE run from that tree's source)."""
+    base, _, tree = mode.partition("@")
     folder = work / mode
     folder.mkdir()
     if mode == NGINX:
@@ -166,7 +208,8 @@ def _server(mode: str, scenario: Scenario, work: Path) -> Iterator[Server]:
         check=True,
         capture_output=True,
     )
-    with rlinks_server(data, MODES[mode], folder / "server.log") as server:
+    src = trees[tree] if tree else None
+    with rlinks_server(data, MODES[base], folder / "server.log", pythonpath=src) as server:
         yield server
 
 

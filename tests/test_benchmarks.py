@@ -4,6 +4,7 @@ verified figures (speed itself is judged from full runs, never here)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,29 @@ def test_redirect_latency_interleaves_modes_and_reports_ratios_to_off(tmp_path: 
         assert cell["cpu_us_per_request"] > 0
     assert "log writer" in cells["append-async", 4]["cpu_us_by_process"]
     assert "log writer" not in cells["off", 4]["cpu_us_by_process"]
+
+
+def test_redirect_latency_runs_modes_from_another_tree_side_by_side(tmp_path: Path) -> None:
+    """`--tree NAME=SRC` adds each rlinks mode run from SRC as `MODE@NAME`. The
+    tree here is this one with hit capture broken, so only its hit-recording
+    server answers errors: proof that its servers run the tree's code."""
+    src = tmp_path / "marked"
+    shutil.copytree(ROOT / "src" / "rlinks", src / "rlinks")
+    capture = src / "rlinks" / "server" / "capture.py"
+    capture.write_text(
+        capture.read_text()
+        + "\n\ndef build_hit(*args, **kwargs):\n    raise RuntimeError('the marked tree')\n"
+    )
+    report = run_benchmark(
+        "redirect_latency.py",
+        tmp_path / "latency.json",
+        *("--scenario", "hot", "--modes", "nginx-302", "off", "append-async"),
+        *("--tree", f"marked={src}", "--concurrency", "2", "--seconds", "1", "--rounds", "1"),
+    )
+    assert report["trees"] == {"marked": str(src)}
+    errors = {c["mode"]: c["errors"] for c in report["cells"]}
+    # nginx is the floor, not an rlinks mode: it runs once
+    assert set(errors) == {"nginx-302", "off", "append-async", "off@marked", "append-async@marked"}
+    assert errors["append-async@marked"] > 0
+    assert errors["off@marked"] == errors["append-async"] == errors["off"] == 0
+    assert set(report["hits_dropped"]) == {"append-async", "append-async@marked"}

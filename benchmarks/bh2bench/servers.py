@@ -172,16 +172,27 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 @contextlib.contextmanager
 def rlinks_server(
-    data: Path, flags: Sequence[str], log: Path, *, backend: str | None = None
+    data: Path,
+    flags: Sequence[str],
+    log: Path,
+    *,
+    backend: str | None = None,
+    pythonpath: Path | None = None,
 ) -> Iterator[Server]:
     """`rlinks serve --data DATA FLAGS` (or `--backend URL`) on a free port, ready,
-    stopped on exit."""
+    stopped on exit. With `pythonpath`, the server (and the processes it
+    starts) import rlinks from that folder instead of the installed one."""
     port = free_port()
     where = ("--backend", backend) if backend else ("--data", str(data))
+    env = child_env()
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(pythonpath), env.get("PYTHONPATH", "")) if p
+        )
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [BIN / "rlinks", "serve", *where, "--host", HOST, "--port", str(port), *flags],
-            env=child_env(),
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
