@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
+import msgspec
 import numpy as np
 import pytest
 
 from rlinks.hits import Hit, Quarantined
-from rlinks.log.base import HitLog, Position, partition_of
+from rlinks.log.base import EncodedHits, HitLog, Position, partition_of
 from tests.conftest import BASE_MS, MS_PER_DAY, Backend, hit, make_hits
 
 BLOCK = 4096  # hits per SQLite block row; appends larger than this span rows
@@ -301,3 +303,62 @@ def test_concurrent_appends_with_overlapping_ids_log_each_id_once(backend: Backe
         assert p.offset == by_id[h.id]  # the overlap: both writers got the same position
     for h, p in zip(hits[1000:2000], results["two"][:1000], strict=True):
         assert p.offset == by_id[h.id]
+
+
+def encoded(hits: list[Hit]) -> EncodedHits:
+    """`hits` as the server's hit writer sends a group."""
+    return EncodedHits(
+        msgspec.msgpack.encode(hits),
+        [h.code for h in hits],
+        np.array([h.ts_ms for h in hits], np.int64).tobytes(),
+    )
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_an_encoded_group_is_logged_as_its_hits_would_be(backend: Backend, partitions: int) -> None:
+    """append_encoded logs each hit once, in order, in its code's partition:
+    full records, columns and ends as `append` gives them, across a group
+    larger than a block and codes both new and known."""
+    hits = [
+        Hit("r1", BASE_MS, "a", "DE", "uah", "https://ref.example/x", "10.0.0.0/24"),
+        *make_hits(BLOCK + 10, seed=7, codes=("a", "b", "new-1", "new-2")),
+        *make_hits(300, seed=8, prefix="late", codes=("b", "later")),
+    ]
+    log = backend.log(partitions=partitions)
+    for group in (hits[:1], hits[1 : BLOCK + 11], hits[BLOCK + 11 :], []):
+        log.append_encoded(encoded(group))
+    for p in range(partitions):
+        mine = [h for h in hits if partition_of(h.code, partitions) == p]
+        assert list(log.records(p)) == list(enumerate(mine, start=1))
+        assert read_pairs(log, p, 0, len(hits)) == pairs(mine)
+        end = log.end(p)
+        assert (end.offset, end.max_ts_ms) == (
+            len(mine),
+            max((h.ts_ms for h in mine), default=None),
+        )
+    other = backend.log()  # a new connection reads the code table the group filled
+    assert read_pairs(other, 0, 0, 5) == read_pairs(log, 0, 0, 5)
+
+
+@pytest.mark.parametrize("partitions", [1, 2])
+@pytest.mark.parametrize(
+    "broken",
+    [
+        lambda g: EncodedHits(g.records, g.codes[:-1], g.ts_ms),  # a code missing
+        lambda g: EncodedHits(g.records, g.codes, g.ts_ms[:-8]),  # a time missing
+        lambda g: EncodedHits(g.records, g.codes, g.ts_ms[:-3]),  # a time cut short
+        lambda g: EncodedHits(b"", g.codes, g.ts_ms),  # no records
+    ],
+    ids=["code", "time", "cut time", "records"],
+)
+def test_an_encoded_group_whose_parts_disagree_logs_nothing(
+    backend: Backend, broken: Callable[[EncodedHits], EncodedHits], partitions: int
+) -> None:
+    """A group whose records, codes and times hold different numbers of hits is
+    refused whole (one partition: the block path; more: the decoding path)."""
+    log = backend.log(partitions=partitions)
+    with pytest.raises(ValueError, match="encoded group"):
+        log.append_encoded(broken(encoded(make_hits(20))))
+    assert all(log.end(p).offset == 0 for p in range(partitions))
+    log.append_encoded(encoded(make_hits(20)))  # and the next group goes in
+    assert sum(log.end(p).offset for p in range(partitions)) == 20

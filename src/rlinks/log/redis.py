@@ -39,6 +39,7 @@ from rlinks.batch import DayCounts, DeltaRow
 from rlinks.errors import ConfigError
 from rlinks.hits import Hit, Quarantined
 from rlinks.log.base import (
+    EncodedHits,
     LogEnd,
     LogSlice,
     Position,
@@ -222,6 +223,11 @@ class RedisHitLog:
                     retry[partition] = rest
             pending = retry
         return with_repeats(positions, repeats)
+
+    def append_encoded(self, group: EncodedHits) -> None:
+        # Redis keeps its own entries (made by the append script), so the
+        # hits are decoded; the group spares only the pipe between processes.
+        self.append(group.hits(), fresh_ids=True)
 
     def _append_calls(self, calls: list[tuple[int, list[Hit]]], fresh_ids: bool) -> list[Any]:
         """Run the append script per partition: pipelined on one server; one

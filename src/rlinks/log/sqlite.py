@@ -16,6 +16,7 @@ offsets are never reused.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -24,11 +25,13 @@ from typing import cast
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from rlinks.batch import DayCounts, DeltaRow
 from rlinks.errors import ConfigError
 from rlinks.hits import Hit, Quarantined
 from rlinks.log.base import (
+    EncodedHits,
     LogEnd,
     LogSlice,
     Position,
@@ -145,30 +148,53 @@ class SqliteHitLog:
         if not hits:
             return []
         positions: list[Position | None] = [None] * len(hits)
+        with self._interning() as interned, Transaction(self._conn) as c:
+            known = {} if fresh_ids else self._logged_ids(c, [h.id for h in hits])
+            if known:
+                for i, h in enumerate(hits):
+                    if h.id in known:
+                        positions[i] = Position(*known[h.id], duplicate=True)
+            fresh, repeats = split_by_partition(
+                hits, self._partitions, fresh_ids=fresh_ids, logged=known
+            )
+            for partition, indexes in fresh.items():
+                block_hits = [hits[i] for i in indexes]
+                logged = self._append_partition(
+                    c, partition, block_hits, index_ids=not fresh_ids, interned=interned
+                )
+                for i, logged_at in zip(indexes, logged, strict=True):
+                    positions[i] = logged_at
+        return with_repeats(positions, repeats)
+
+    def append_encoded(self, group: EncodedHits) -> None:
+        ts_ms = group.times()  # checks the parts agree
+        if not len(group):
+            return
+        if self._partitions > 1 or len(group) > BLOCK_HITS:
+            self.append(group.hits(), fresh_ids=True)  # split, as `append` does
+            return
+        with self._interning() as interned, Transaction(self._conn) as c:
+            (end,) = c.execute("SELECT end_offset FROM partitions WHERE partition = 0").fetchone()
+            code_ids = self._ids_of(c, group.codes, interned)
+            newest = int(ts_ms.max())
+            last = end + len(group)
+            self._insert_block(
+                c, 0, end + 1, last, newest, np.array(code_ids, np.int32), ts_ms, group.records
+            )
+            self._advance(c, 0, last, newest)
+
+    @contextlib.contextmanager
+    def _interning(self) -> Iterator[dict[str, int]]:
+        """The codes given ids in an append's transaction (see `_ids_of`); if it
+        fails, they leave the cache again, as a rolled-back id may yet be given
+        to another code."""
         interned: dict[str, int] = {}
         try:
-            with Transaction(self._conn) as c:
-                known = {} if fresh_ids else self._logged_ids(c, [h.id for h in hits])
-                if known:
-                    for i, h in enumerate(hits):
-                        if h.id in known:
-                            positions[i] = Position(*known[h.id], duplicate=True)
-                fresh, repeats = split_by_partition(
-                    hits, self._partitions, fresh_ids=fresh_ids, logged=known
-                )
-                for partition, indexes in fresh.items():
-                    block_hits = [hits[i] for i in indexes]
-                    logged = self._append_partition(
-                        c, partition, block_hits, index_ids=not fresh_ids, interned=interned
-                    )
-                    for i, logged_at in zip(indexes, logged, strict=True):
-                        positions[i] = logged_at
+            yield interned
         except BaseException:
-            # Rolled back: those ids may yet be given to other codes.
             for code in interned:
                 del self._code_ids[code]
             raise
-        return with_repeats(positions, repeats)
 
     def _append_partition(
         self,
@@ -191,32 +217,52 @@ class SqliteHitLog:
             ts = ts_ms[start : start + BLOCK_HITS]
             first = end + 1
             end += len(block)
-            c.execute(
-                "INSERT INTO blocks (partition, first_offset, last_offset, max_ts_ms,"
-                " code_ids, ts_ms, records) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    partition,
-                    first,
-                    end,
-                    max(ts),
-                    np.array(code_ids[start : start + BLOCK_HITS], np.int32).tobytes(),
-                    np.array(ts, np.int64).tobytes(),
-                    _RECORDS.encode(block),
-                ),
+            self._insert_block(
+                c,
+                partition,
+                first,
+                end,
+                max(ts),
+                np.array(code_ids[start : start + BLOCK_HITS], np.int32),
+                np.array(ts, np.int64),
+                _RECORDS.encode(block),
             )
             if index_ids:
                 c.executemany(
                     "INSERT INTO hit_ids VALUES (?, ?, ?)",
                     [(h.id, partition, first + k) for k, h in enumerate(block)],
                 )
-        c.execute(
-            "UPDATE partitions SET end_offset = ?, max_ts_ms = max(coalesce(max_ts_ms, ?), ?)"
-            " WHERE partition = ?",
-            (end, max(ts_ms), max(ts_ms), partition),
-        )
+        self._advance(c, partition, end, max(ts_ms))
         offsets = range(end - len(hits) + 1, end + 1)
         at = zip(itertools.repeat(partition), offsets, itertools.repeat(False))
         return list(map(Position._make, at))
+
+    @staticmethod
+    def _insert_block(
+        c: sqlite3.Connection,
+        partition: int,
+        first: int,
+        last: int,
+        max_ts_ms: int,
+        code_ids: npt.NDArray[np.int32],
+        ts_ms: npt.NDArray[np.int64],
+        records: bytes,
+    ) -> None:
+        """One block row: the hits at offsets first..last of `partition`."""
+        c.execute(
+            "INSERT INTO blocks (partition, first_offset, last_offset, max_ts_ms,"
+            " code_ids, ts_ms, records) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (partition, first, last, max_ts_ms, code_ids.tobytes(), ts_ms.tobytes(), records),
+        )
+
+    @staticmethod
+    def _advance(c: sqlite3.Connection, partition: int, end: int, max_ts_ms: int) -> None:
+        """Move the partition's end to `end`, its newest event time to at least `max_ts_ms`."""
+        c.execute(
+            "UPDATE partitions SET end_offset = ?, max_ts_ms = max(coalesce(max_ts_ms, ?), ?)"
+            " WHERE partition = ?",
+            (end, max_ts_ms, max_ts_ms, partition),
+        )
 
     def _logged_ids(self, c: sqlite3.Connection, ids: list[str]) -> dict[str, tuple[int, int]]:
         found: dict[str, tuple[int, int]] = {}

@@ -5,7 +5,8 @@ DATA a data folder or a redis:// URL)
 so that the Python work of an append (encoding blocks, binding rows) never
 holds the worker's GIL: the event loop keeps answering redirects while a group
 commits. The two talk over the child's stdin and stdout in frames: a 4-byte
-big-endian length, then msgpack. Requests are lists of hits; each answer is
+big-endian length, then msgpack. Requests are groups of hits (`EncodedHits`,
+which the SQLite log stores as they come); each answer is
 the error (None when all is well) for the group just received, sent once it is
 committed; one None answer comes first, as soon as the log is open.
 """
@@ -22,11 +23,11 @@ from typing import BinaryIO
 import msgspec
 
 from rlinks.backends import Target, open_log
-from rlinks.hits import Hit
+from rlinks.log.base import EncodedHits
 from rlinks.redisdb import is_redis_url
 
 FRAME_HEADER = struct.Struct(">I")
-GROUP_DECODER = msgspec.msgpack.Decoder(list[Hit])
+GROUP_DECODER = msgspec.msgpack.Decoder(EncodedHits)
 ANSWER_ENCODER = msgspec.msgpack.Encoder()
 
 
@@ -53,10 +54,9 @@ def serve(target: Target, requests: BinaryIO, answers: BinaryIO) -> None:
     answers.flush()
     try:
         while (payload := read_frame(requests)) is not None:
-            hits = GROUP_DECODER.decode(payload)
             error: str | None = None
             try:
-                log.append(hits, fresh_ids=True)
+                log.append_encoded(GROUP_DECODER.decode(payload))
             except Exception as e:  # the worker answers 503 (commit) or counts it (async)
                 error = f"{type(e).__name__}: {e}"
             answers.write(frame(ANSWER_ENCODER.encode(error)))
