@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -259,6 +260,43 @@ def test_sigterm_writes_queued_hits_and_leaves_nothing_behind(tmp_path: Path, wo
         assert log_end(data) == N_HITS
         # running_server points TMPDIR here; the metrics folder lives in it.
         assert list((tmp_path / "data-server-tmp").iterdir()) == []
+
+
+def test_redirects_do_not_wait_while_another_process_writes_the_store(tmp_path: Path) -> None:
+    """Each second the worker saves its KV call counts to kv.db. While another
+    process holds kv.db's write lock (as the aggregator does while it applies
+    a batch), redirects are still answered at once, and the counts are saved
+    once the lock is free."""
+    data = tmp_path / "data"
+    put_routes(data, ["lk"])
+    with running_server(data, "--durability", "async", "--no-aggregate") as s:
+        assert s.get("/lk").status == 302
+        writer = sqlite3.connect(data / "kv.db", isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")  # the store's write lock, for 3 s
+        slowest = 0.0
+        try:
+            until = time.monotonic() + 3.0  # three of the worker's saves
+            while time.monotonic() < until:
+                started = time.monotonic()
+                assert s.get("/lk").status == 302
+                slowest = max(slowest, time.monotonic() - started)
+                time.sleep(0.02)
+        finally:
+            writer.rollback()
+            released = time.time() * 1000
+            writer.close()
+        # A save on the event loop would hold redirects until the lock is free.
+        assert slowest < 1.5, f"a redirect waited {slowest:.2f} s for kv.db's write lock"
+
+        def saved_since_release() -> bool:
+            conn = sqlite3.connect(f"file:{data / 'kv.db'}?mode=ro", uri=True)
+            try:
+                (newest,) = conn.execute("SELECT max(updated_ms) FROM kv_calls").fetchone()
+            finally:
+                conn.close()
+            return newest is not None and newest >= released
+
+        assert wait_for(saved_since_release, timeout=10)
 
 
 # -- the other hit modes ----------------------------------------------------------------
