@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -455,3 +458,39 @@ def test_edit_outside_the_api_waits_for_the_route_cache(server: Server) -> None:
     assert api(server, "GET", "/api/links/edit-cli").json()["target"] == "https://example.com/v2"
     # The worker still holds v1: only its own edits are dropped at once.
     assert server.get("/edit-cli").header("location") == "https://example.com/v1"
+
+
+def test_an_edit_waiting_for_the_store_holds_no_redirect(tmp_path: Path) -> None:
+    """An edit waits for kv.db's write lock (held here by another connection,
+    as the aggregator holds it while it applies a batch). Redirects are
+    answered meanwhile, and the edit lands once the lock is free."""
+    data = tmp_path / "data"
+    with running_server(data, "--no-aggregate", env={"RLINKS_ADMIN_TOKEN": TOKEN}) as s:
+        assert api(s, "PUT", "/api/links/held", {"target": "https://example.com/a"}).status == 201
+        assert s.get("/held").status == 302
+        writer = sqlite3.connect(data / "kv.db", isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")  # the store's write lock
+        edits: list[Response] = []
+        edit = threading.Thread(
+            target=lambda: edits.append(
+                api(s, "PUT", "/api/links/new", {"target": "https://example.com/b"})
+            )
+        )
+        slowest = 0.0
+        try:
+            edit.start()
+            time.sleep(0.3)  # the edit is waiting for the lock by now
+            until = time.monotonic() + 2.0
+            while time.monotonic() < until:
+                started = time.monotonic()
+                assert s.get("/held").status == 302
+                slowest = max(slowest, time.monotonic() - started)
+                time.sleep(0.02)
+            assert not edits, "the edit went through while the store was locked"
+        finally:
+            writer.rollback()
+            writer.close()
+        edit.join(timeout=15)
+        assert [r.status for r in edits] == [201]
+        assert slowest < 1.0, f"a redirect waited {slowest:.2f} s behind the edit"
+        assert s.get("/new").status == 302
