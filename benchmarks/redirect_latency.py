@@ -139,9 +139,7 @@ def main() -> None:
             runs, cpu = _rounds(servers, paths, args)
             # Async redirects do not wait for their hits: one that cannot keep
             # up drops hits (counted) and would look faster than it is.
-            dropped = {
-                m: hits_dropped(s) for m, s in servers.items() if m.split("@")[0] in RECORDS_HITS
-            }
+            dropped = {m: hits_dropped(s) for m, s in servers.items() if _base(m) in RECORDS_HITS}
     cells = _cells(runs, cpu, modes, args.concurrency)
     _print(cells, args)
     for mode, n in dropped.items():
@@ -190,10 +188,15 @@ def _trees(parser: argparse.ArgumentParser, given: list[str]) -> dict[str, Path]
     return trees
 
 
+def _base(mode: str) -> str:
+    """The mode a label names: `append-async@before` -> `append-async`."""
+    return mode.partition("@")[0]
+
+
 @contextlib.contextmanager
 def _server(mode: str, scenario: Scenario, work: Path, trees: dict[str, Path]) -> Iterator[Server]:
     """The server for `mode` (`MODE@TREE`: MODE run from that tree's source)."""
-    base, _, tree = mode.partition("@")
+    tree = mode.partition("@")[2]
     folder = work / mode
     folder.mkdir()
     if mode == NGINX:
@@ -209,7 +212,7 @@ def _server(mode: str, scenario: Scenario, work: Path, trees: dict[str, Path]) -
         capture_output=True,
     )
     src = trees[tree] if tree else None
-    with rlinks_server(data, MODES[base], folder / "server.log", pythonpath=src) as server:
+    with rlinks_server(data, MODES[_base(mode)], folder / "server.log", pythonpath=src) as server:
         yield server
 
 

@@ -225,8 +225,8 @@ class RedisHitLog:
         return with_repeats(positions, repeats)
 
     def append_encoded(self, group: EncodedHits) -> None:
-        # Redis keeps its own entries (made by the append script), so the
-        # hits are decoded; the group spares only the pipe between processes.
+        # Redis keeps its own entries (made by the append script), not blocks
+        # as they came: the hits are decoded and appended like any others.
         self.append(group.hits(), fresh_ids=True)
 
     def _append_calls(self, calls: list[tuple[int, list[Hit]]], fresh_ids: bool) -> list[Any]:

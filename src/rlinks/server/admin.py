@@ -11,11 +11,8 @@ Every call needs `Authorization: Bearer <token>` (compared in constant time).
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import msgspec
@@ -24,6 +21,7 @@ from rlinks.backends import open_log, open_routes, open_store
 from rlinks.errors import InvalidRouteError, RouteNotFoundError
 from rlinks.routes.model import Meta, Route, Rules, route_to_dict
 from rlinks.routes.validate import validate_code, validate_route
+from rlinks.server.offloop import SerialCalls
 from rlinks.server.responses import Receive, Scope, Send, send_error, send_json, send_response
 from rlinks.status import code_stats
 
@@ -43,28 +41,15 @@ class RouteBody(msgspec.Struct, forbid_unknown_fields=True):
     status: str = "active"
 
 
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
 class AdminApi:
     def __init__(self, app: RlinksApp) -> None:
         self._app = app
         token = app.config.admin_token or ""
         self._expected = f"Bearer {token}".encode()
-        # An edit writes the store, and in kv.db a write waits while the
-        # aggregator applies a batch: edits run on a thread, one at a time, on
-        # a store connection of their own, so redirects (and their route reads
-        # on the app's connection) go on meanwhile.
+        # Edits write the store: off the event loop (see `server.offloop`), on
+        # a connection of their own, as the app's serves route reads meanwhile.
         self._edits = open_routes(app.target)
-        self._editing = threading.Lock()
-
-    async def _edit(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        def locked() -> T:
-            with self._editing:  # held by the thread: a cancelled request cannot overlap
-                return fn(*args, **kwargs)
-
-        return await asyncio.to_thread(locked)
+        self._editing = SerialCalls()
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> int:
         if not self._authorized(scope):
@@ -154,13 +139,13 @@ class AdminApi:
             public_hosts=self._app.config.public_hosts,
         )
         existed = self._app.routes.get(code) is not None
-        route = await self._edit(self._edits.put, draft, ACTOR)
+        route = await self._editing.run(self._edits.put, draft, ACTOR)
         self._app.route_cache.forget(code)
         await send_json(send, 200 if existed else 201, route_to_dict(route))
         return 200 if existed else 201
 
     async def _delete(self, scope: Scope, send: Send, code: str) -> int:
-        if not await self._edit(self._edits.delete, code, ACTOR):
+        if not await self._editing.run(self._edits.delete, code, ACTOR):
             raise RouteNotFoundError(code)
         self._app.route_cache.forget(code)
         await send_response(send, 204, b"", b"application/json")

@@ -18,7 +18,6 @@ import os
 import re
 import socket
 import sqlite3
-import threading
 
 from rlinks.backends import open_call_ledger, open_key_value, open_routes
 from rlinks.errors import KvUnavailableError
@@ -30,6 +29,7 @@ from rlinks.server.capture import CaptureConfig, build_hit
 from rlinks.server.config import ServeConfig, hit_salt
 from rlinks.server.hitwriter import HitWriter
 from rlinks.server.metrics import CONTENT_TYPE, ServerMetrics, render
+from rlinks.server.offloop import SerialCalls
 from rlinks.server.responses import (
     Receive,
     Scope,
@@ -90,7 +90,7 @@ class RlinksApp:
             self.sink = KvSink(self.kv, lambda: open_key_value(self.target))
         self.admin = AdminApi(self) if config.admin_token else None
         self._ledger = open_call_ledger(self.target)
-        self._ledger_lock = threading.Lock()  # a save on a thread, and the last one
+        self._ledger_saves = SerialCalls()  # a write to the store: off the event loop
         self._process = f"{socket.gethostname()}:{os.getpid()}:{now_ms()}"
         self._ledger_task: asyncio.Task[None] | None = None
         self._statuses: collections.Counter[int] = collections.Counter()
@@ -136,7 +136,7 @@ class RlinksApp:
                 if self._ledger_task is not None:
                     self._ledger_task.cancel()
                 self._publish_statuses()
-                self._record_ledger()
+                await self._ledger_saves.run(self._record_ledger)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -262,20 +262,14 @@ class RlinksApp:
 
     async def _keep_ledger(self) -> None:
         """Every second, publish request counts and save this process's KV call
-        counts for `rlinks-bh2 status`.
-
-        The save runs on a thread. It is a write to the store, and in kv.db it
-        waits while the aggregator applies a batch (up to the busy timeout):
-        on the event loop that wait held every redirect. Over the uniform
-        routes at c=10, async redirects stalled for 35-105 ms in 3 of 10 runs
-        of 4 s; with the save on a thread, none did (slowest 8 ms)."""
+        counts for `rlinks-bh2 status` (on a thread: see `server.offloop`)."""
         last = None
         while True:
             await asyncio.sleep(1.0)
             self._publish_statuses()
             now = (self.kv.calls.reads, self.kv.calls.writes)
             if now != last:
-                await asyncio.to_thread(self._record_ledger)
+                await self._ledger_saves.run(self._record_ledger)
                 last = now
 
     def _publish_statuses(self) -> None:
@@ -287,8 +281,7 @@ class RlinksApp:
 
     def _record_ledger(self) -> None:
         try:
-            with self._ledger_lock:  # shutdown's save may meet a running one
-                self._ledger.record(self._process, self.kv.calls)
+            self._ledger.record(self._process, self.kv.calls)
         except sqlite3.Error as e:  # figures only: never fail a request over them
             log.warning("could not save KV call counts: %s", e)
 
