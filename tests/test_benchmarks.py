@@ -79,7 +79,7 @@ def test_redirect_latency_runs_modes_from_another_tree_side_by_side(tmp_path: Pa
     capture = src / "rlinks" / "server" / "capture.py"
     capture.write_text(
         capture.read_text()
-        + "\n\ndef capture(*args, **kwargs):\n    raise RuntimeError('the marked tree')\n"
+        + "\n\ndef build_hit(*args, **kwargs):\n    raise RuntimeError('the marked tree')\n"
     )
     report = run_benchmark(
         "redirect_latency.py",

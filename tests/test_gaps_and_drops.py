@@ -12,7 +12,6 @@ import pytest
 from rlinks.backends import Target
 from rlinks.errors import LogGapError
 from rlinks.log.sqlite import HITS_FILE, SqliteHitLog
-from rlinks.server.capture import Capture
 from rlinks.server.hitwriter import HitWriter
 from tests.conftest import hit, run_cli
 
@@ -69,7 +68,7 @@ def test_a_full_async_group_goes_without_waiting_out_the_linger(tmp_path: Path) 
         )
         await writer.start()
         for k in range(250):
-            assert writer.record_nowait(Capture(f"c{k % 7}", 1_764_000_000_000 + k))
+            assert writer.record_nowait(hit(f"g{k}", 1_764_000_000_000 + k, f"c{k % 7}"))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + linger_s * 0.8
         while sum(groups) < 200 and loop.time() < deadline:
@@ -84,8 +83,8 @@ def test_a_full_async_group_goes_without_waiting_out_the_linger(tmp_path: Path) 
     assert written == 250
     log = SqliteHitLog(tmp_path, readonly=True)
     assert log.end(0).offset == 250
-    times = [h.ts_ms for _offset, h in log.records(0)]
-    assert times == [1_764_000_000_000 + k for k in range(250)]  # in order, each once
+    ids = [h.id for _offset, h in log.records(0)]
+    assert ids == [f"g{k}" for k in range(250)]  # in order, each once
 
 
 def test_a_full_async_queue_drops_and_counts_what_it_drops(tmp_path: Path) -> None:
@@ -97,7 +96,7 @@ def test_a_full_async_queue_drops_and_counts_what_it_drops(tmp_path: Path) -> No
         await writer.start()
         # record() does not yield in async mode, so the writer cannot drain
         # between these calls: the queue holds two, the rest are dropped.
-        kept = [await writer.record(Capture("full", 1_764_000_000_000)) for _ in range(5)]
+        kept = [await writer.record(hit(f"q{k}", 1_764_000_000_000, "full")) for k in range(5)]
         await writer.stop()
         return kept, writer.stats.dropped
 

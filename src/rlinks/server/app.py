@@ -25,8 +25,8 @@ from rlinks.hits import CODE_PATTERN
 from rlinks.redisdb import store_errors
 from rlinks.routes.resolve import resolve
 from rlinks.server.admin import AdminApi
-from rlinks.server.capture import CaptureConfig, capture
-from rlinks.server.config import ServeConfig
+from rlinks.server.capture import CaptureConfig, build_hit
+from rlinks.server.config import ServeConfig, hit_salt
 from rlinks.server.hitwriter import HitWriter
 from rlinks.server.metrics import CONTENT_TYPE, ServerMetrics, render
 from rlinks.server.offloop import SerialCalls
@@ -70,6 +70,7 @@ class RlinksApp:
             self.routes, self.kv, refresh_s=config.route_cache_s, store_errors=_store_down
         )
         self.capture = CaptureConfig(
+            salt=hit_salt(self.target),
             country_header=config.country_header.lower().encode()
             if config.country_header
             else None,
@@ -204,10 +205,10 @@ class RlinksApp:
             if self._hit_writer is None:
                 self._statuses[self.config.redirect_status] += 1
                 return head, None
-            made = capture(code, headers, client, self.capture, now)
+            hit = build_hit(code, headers, client, self.capture, now)
             if self._hit_writer.durable:
-                return head, self._hit_writer.record_committed(made)
-            if not self._hit_writer.record_nowait(made):
+                return head, self._hit_writer.record_committed(hit)
+            if not self._hit_writer.record_nowait(hit):
                 self.metrics.hits_dropped.inc()  # the async queue was full
         except Exception:
             return None  # the ASGI path answers, and logs what went wrong
@@ -246,8 +247,8 @@ class RlinksApp:
             )
             return res.status
         if self.sink is not None:
-            made = capture(code, scope["headers"], scope.get("client"), self.capture, now)
-            if not await self.sink.record(made):
+            hit = build_hit(code, scope["headers"], scope.get("client"), self.capture, now)
+            if not await self.sink.record(hit):
                 if not self._durable:
                     self.metrics.hits_dropped.inc()  # the async queue was full
                 else:

@@ -1,16 +1,8 @@
-"""Hit capture, in two steps: what a redirect leaves, and the hit made of it.
+"""Building a hit from a request, keeping nothing that identifies a person.
 
-On the redirect path a worker keeps only what a hit is made from (`capture`:
-the code, the time, the client address and three header values, as they
-came), which costs it a few hundred nanoseconds. Its log writer process makes
-the hits (`HitMaker`) just before it appends them, so the id, the hashing and
-the address parsing never take the worker's event loop (see docs/design.md).
-
-A `Capture` is raw: it goes only from a worker to its own log writer, over a
-pipe, and is never stored. The hit made of it keeps nothing that identifies a
-person: the address is cut to its network prefix (IPv4 /24, IPv6 /48) and the
-user agent becomes a keyed hash (BLAKE2b with a secret salt), so it can be
-told apart but not read back.
+The raw IP address and user agent never leave this module: the address is cut
+to its network prefix (IPv4 /24, IPv6 /48) and the user agent becomes a keyed
+hash (BLAKE2b with a secret salt), so it can be told apart but not read back.
 """
 
 from __future__ import annotations
@@ -19,87 +11,15 @@ import functools
 import hashlib
 import ipaddress
 from dataclasses import dataclass
-from typing import Final
-
-import msgspec
 
 from rlinks.hits import REFERRER_CAP, Hit, cap_text, new_hit_id
-
-# What a capture keeps of each header value, in bytes: enough for what the hit
-# keeps of it (a referrer is capped at 512 characters, of up to 4 bytes each).
-UA_BYTES: Final = 1024
-REFERRER_BYTES: Final = 4 * REFERRER_CAP
-COUNTRY_BYTES: Final = 16
 
 
 @dataclass(frozen=True)
 class CaptureConfig:
+    salt: bytes
     country_header: bytes | None = None  # lower-case header name, e.g. b"cf-ipcountry"
     trust_proxy: bool = False  # take the client address from X-Forwarded-For
-
-
-class Capture(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """What one redirect leaves for its hit, header values as the request gave
-    them (cut to what the hit can keep). Not tracked by the garbage collector:
-    it holds only strings, bytes and numbers."""
-
-    code: str
-    ts_ms: int
-    address: str | None = None
-    user_agent: bytes = b""
-    referrer: bytes = b""
-    country: bytes = b""
-
-
-def capture(
-    code: str,
-    headers: list[tuple[bytes, bytes]],
-    client: tuple[str, int] | None,
-    cfg: CaptureConfig,
-    now_ms: int,
-) -> Capture:
-    """What the hit of a redirect to `code` at `now_ms` is made from."""
-    ua = referer = forwarded = country = b""
-    for name, value in headers:
-        if name == b"user-agent":
-            ua = value[:UA_BYTES]
-        elif name == b"referer":
-            referer = value[:REFERRER_BYTES]
-        elif name == b"x-forwarded-for":
-            forwarded = value
-        elif name == cfg.country_header:
-            country = value[:COUNTRY_BYTES]
-    address = client[0] if client else None
-    if cfg.trust_proxy and forwarded:
-        # The proxy we trust appends the address it saw last; anything left of
-        # it came from the client and could be forged.
-        # (Cut: an address is short, and parsing one is cached per address.)
-        address = forwarded.rsplit(b",", 1)[-1].strip()[:64].decode("latin-1")
-    return Capture(code, now_ms, address, ua, referer, country)
-
-
-class HitMaker:
-    """Makes hits of captures, with the salt that keys user-agent hashes."""
-
-    def __init__(self, salt: bytes) -> None:
-        self._salt = salt[:64]  # BLAKE2b's longest key
-
-    def hit(self, c: Capture) -> Hit:
-        return Hit(
-            id=new_hit_id(),
-            ts_ms=c.ts_ms,
-            code=c.code,
-            country=cap_text(c.country.decode("latin-1").upper(), 8) if c.country else None,
-            ua_hash=ua_hash(c.user_agent, self._salt),
-            referrer=cap_text(c.referrer.decode("utf-8", "replace"), REFERRER_CAP)
-            if c.referrer
-            else None,
-            ip_prefix=ip_prefix(c.address),
-        )
-
-    def hits(self, captures: list[Capture]) -> list[Hit]:
-        hit = self.hit
-        return [hit(c) for c in captures]
 
 
 @functools.lru_cache(maxsize=65536)  # clients come back: parse each address once
@@ -121,4 +41,37 @@ def ip_prefix(address: str | None) -> str | None:
 def ua_hash(user_agent: bytes, salt: bytes) -> str | None:
     if not user_agent:
         return None
-    return hashlib.blake2b(user_agent[:UA_BYTES], key=salt[:64], digest_size=8).hexdigest()
+    return hashlib.blake2b(user_agent[:1024], key=salt[:64], digest_size=8).hexdigest()
+
+
+def build_hit(
+    code: str,
+    headers: list[tuple[bytes, bytes]],
+    client: tuple[str, int] | None,
+    cfg: CaptureConfig,
+    now_ms: int,
+) -> Hit:
+    ua = referer = forwarded = country = b""
+    for name, value in headers:
+        if name == b"user-agent":
+            ua = value
+        elif name == b"referer":
+            referer = value
+        elif name == b"x-forwarded-for":
+            forwarded = value
+        elif name == cfg.country_header:
+            country = value
+    address = client[0] if client else None
+    if cfg.trust_proxy and forwarded:
+        # The proxy we trust appends the address it saw last; anything left of
+        # it came from the client and could be forged.
+        address = forwarded.rsplit(b",", 1)[-1].decode("latin-1").strip()
+    return Hit(
+        id=new_hit_id(),
+        ts_ms=now_ms,
+        code=code,
+        country=cap_text(country.decode("latin-1").upper(), 8) if country else None,
+        ua_hash=ua_hash(ua, cfg.salt),
+        referrer=cap_text(referer.decode("utf-8", "replace"), REFERRER_CAP) if referer else None,
+        ip_prefix=ip_prefix(address),
+    )

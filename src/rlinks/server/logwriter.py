@@ -2,14 +2,12 @@
 
 It runs beside each server worker (`python -m rlinks.server.logwriter DATA`,
 DATA a data folder or a redis:// URL)
-so that the Python work of an append (making the hits, encoding blocks,
-binding rows) never holds the worker's GIL: the event loop keeps answering
-redirects while a group commits. The two talk over the child's stdin and
-stdout in frames: a 4-byte big-endian length, then msgpack. Requests are
-groups of hits as the worker captured them (a list of `Capture`); the writer
-makes the hits (`HitMaker`, with the data folder's salt) and appends them as
-one `EncodedHits`, which the SQLite log stores as a block. Each answer is the
-error (None when all is well) for the group just received, sent once it is
+so that the Python work of an append (encoding blocks, binding rows) never
+holds the worker's GIL: the event loop keeps answering redirects while a group
+commits. The two talk over the child's stdin and stdout in frames: a 4-byte
+big-endian length, then msgpack. Requests are groups of hits (`EncodedHits`,
+which the SQLite log stores as they come); each answer is
+the error (None when all is well) for the group just received, sent once it is
 committed; one None answer comes first, as soon as the log is open.
 """
 
@@ -27,11 +25,9 @@ import msgspec
 from rlinks.backends import Target, open_log
 from rlinks.log.base import EncodedHits
 from rlinks.redisdb import is_redis_url
-from rlinks.server.capture import Capture, HitMaker
-from rlinks.server.config import hit_salt
 
 FRAME_HEADER = struct.Struct(">I")
-GROUP_DECODER = msgspec.msgpack.Decoder(list[Capture])
+GROUP_DECODER = msgspec.msgpack.Decoder(EncodedHits)
 ANSWER_ENCODER = msgspec.msgpack.Encoder()
 
 
@@ -50,7 +46,6 @@ def frame(payload: bytes) -> bytes:
 
 def serve(target: Target, requests: BinaryIO, answers: BinaryIO) -> None:
     log = open_log(target)
-    maker = HitMaker(hit_salt(target))
     # Everything made so far (modules, the open log) lives as long as the
     # process: keep the collector's full passes off it.
     gc.freeze()
@@ -61,8 +56,7 @@ def serve(target: Target, requests: BinaryIO, answers: BinaryIO) -> None:
         while (payload := read_frame(requests)) is not None:
             error: str | None = None
             try:
-                hits = maker.hits(GROUP_DECODER.decode(payload))
-                log.append_encoded(EncodedHits.of(hits))
+                log.append_encoded(GROUP_DECODER.decode(payload))
             except Exception as e:  # the worker answers 503 (commit) or counts it (async)
                 error = f"{type(e).__name__}: {e}"
             answers.write(frame(ANSWER_ENCODER.encode(error)))

@@ -8,15 +8,15 @@ from typing import Protocol
 
 import msgspec
 
-from rlinks.server.capture import Capture
+from rlinks.hits import Hit
 from rlinks.store.kvmodel import KeyValue, RemoteKV
 from rlinks.timefmt import MS_PER_DAY, day_to_iso
 
 
 class HitSink(Protocol):
     async def start(self) -> None: ...
-    async def record(self, capture: Capture) -> bool:
-        """Keep the hit of `capture`; False if it could not be kept."""
+    async def record(self, hit: Hit) -> bool:
+        """Keep the hit; False if it could not be kept."""
         ...
 
     async def stop(self) -> None: ...
@@ -47,21 +47,20 @@ class KvSink:
     async def start(self) -> None:
         self._store = self._open_kv()
 
-    async def record(self, capture: Capture) -> bool:
-        """Counts the hit; the baseline keeps nothing else of it."""
+    async def record(self, hit: Hit) -> bool:
         store = self._store
         if store is None:
             raise RuntimeError("KvSink.start() was not awaited")
-        key = f"stats:{capture.code}"
+        key = f"stats:{hit.code}"
         raw = await self._kv.read(key, lambda: store.get(key))
-        day = day_to_iso(capture.ts_ms // MS_PER_DAY)
+        day = day_to_iso(hit.ts_ms // MS_PER_DAY)
         if raw is None:
-            stats = _KvStats(0, capture.ts_ms, capture.ts_ms, {})
+            stats = _KvStats(0, hit.ts_ms, hit.ts_ms, {})
         else:
             stats = self._decoder.decode(raw)
         stats.hits += 1
-        stats.first_ms = min(stats.first_ms, capture.ts_ms)
-        stats.last_ms = max(stats.last_ms, capture.ts_ms)
+        stats.first_ms = min(stats.first_ms, hit.ts_ms)
+        stats.last_ms = max(stats.last_ms, hit.ts_ms)
         stats.daily[day] = stats.daily.get(day, 0) + 1
         value = self._encoder.encode(stats)
         await self._kv.write(key, lambda: store.put(key, value))
