@@ -14,6 +14,12 @@
 -- "wrk-thread-done" (wrk then reports at once), and the rate is taken from
 -- "span_us", the time from the first request sent to the last response read
 -- (CLOCK_MONOTONIC through LuaJIT's FFI, as Debian's wrk embeds LuaJIT).
+--
+-- The client shares the machine with the server under test, so per request it
+-- does as little as it can: every request is formatted once in init, and
+-- without LIMIT the script drops its `response` hook, so wrk hands no response
+-- to Lua (span_us is then 0 and the duration gives the rate). Against nginx
+-- that took wrk from 9.7-9.9 to 7.8-8.3 us of CPU per request.
 
 local ffi = require("ffi")
 ffi.cdef([[
@@ -35,7 +41,8 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local paths = nil
+local paths = nil -- then the requests themselves, formatted once in init
+local single = nil -- the request for the URL's own path, when there are no paths
 local next_index = 1
 local limit = 0
 -- globals, read by done() from each thread
@@ -57,6 +64,15 @@ function init(args)
       error("no paths in " .. file)
     end
     next_index = (id * 7919) % #paths + 1
+    -- each request formatted once, here, not on every send
+    for i, path in ipairs(paths) do
+      paths[i] = wrk.format("GET", path)
+    end
+  end
+  single = wrk.format("GET")
+  if limit == 0 then
+    -- nothing to count: wrk then hands no response to Lua
+    response = nil
   end
 end
 
@@ -65,11 +81,11 @@ function request()
     first_us = now_us()
   end
   if paths == nil then
-    return wrk.request()
+    return single
   end
-  local path = paths[next_index]
+  local req = paths[next_index]
   next_index = next_index % #paths + 1
-  return wrk.format("GET", path)
+  return req
 end
 
 function response(status, headers, body)
