@@ -11,8 +11,17 @@ import functools
 import hashlib
 import ipaddress
 from dataclasses import dataclass
+from typing import Final
 
 from rlinks.hits import REFERRER_CAP, Hit, cap_text, new_hit_id
+
+# What is read of each header value, in bytes: enough for what a hit keeps of
+# it (a referrer is capped at 512 characters, of up to 4 bytes each). The cuts
+# also bound what the caches below hold per entry.
+UA_BYTES: Final = 1024
+REFERRER_BYTES: Final = 4 * REFERRER_CAP
+COUNTRY_BYTES: Final = 16
+ADDRESS_CHARS: Final = 64
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ def ip_prefix(address: str | None) -> str | None:
 def ua_hash(user_agent: bytes, salt: bytes) -> str | None:
     if not user_agent:
         return None
-    return hashlib.blake2b(user_agent[:1024], key=salt[:64], digest_size=8).hexdigest()
+    return hashlib.blake2b(user_agent, key=salt[:64], digest_size=8).hexdigest()
 
 
 def build_hit(
@@ -54,18 +63,19 @@ def build_hit(
     ua = referer = forwarded = country = b""
     for name, value in headers:
         if name == b"user-agent":
-            ua = value
+            ua = value[:UA_BYTES]
         elif name == b"referer":
-            referer = value
+            referer = value[:REFERRER_BYTES]
         elif name == b"x-forwarded-for":
             forwarded = value
         elif name == cfg.country_header:
-            country = value
+            country = value[:COUNTRY_BYTES]
     address = client[0] if client else None
     if cfg.trust_proxy and forwarded:
         # The proxy we trust appends the address it saw last; anything left of
         # it came from the client and could be forged.
-        address = forwarded.rsplit(b",", 1)[-1].decode("latin-1").strip()
+        last = forwarded.rsplit(b",", 1)[-1].strip()
+        address = last.decode("latin-1") if len(last) <= ADDRESS_CHARS else None
     return Hit(
         id=new_hit_id(),
         ts_ms=now_ms,
