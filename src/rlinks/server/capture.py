@@ -48,6 +48,8 @@ def ip_prefix(address: str | None) -> str | None:
 
 @functools.lru_cache(maxsize=4096)  # few distinct user agents make most traffic
 def ua_hash(user_agent: bytes, salt: bytes) -> str | None:
+    """A keyed hash of `user_agent`, already cut to `UA_BYTES` (`build_hit`
+    cuts it: the cache keeps it as a key)."""
     if not user_agent:
         return None
     return hashlib.blake2b(user_agent, key=salt[:64], digest_size=8).hexdigest()
