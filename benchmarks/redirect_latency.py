@@ -196,7 +196,7 @@ def _base(mode: str) -> str:
 @contextlib.contextmanager
 def _server(mode: str, scenario: Scenario, work: Path, trees: dict[str, Path]) -> Iterator[Server]:
     """The server for `mode` (`MODE@TREE`: MODE run from that tree's source)."""
-    tree = mode.partition("@")[2]
+    base, _, tree = mode.partition("@")
     folder = work / mode
     folder.mkdir()
     if mode == NGINX:
@@ -212,7 +212,7 @@ def _server(mode: str, scenario: Scenario, work: Path, trees: dict[str, Path]) -
         capture_output=True,
     )
     src = trees[tree] if tree else None
-    with rlinks_server(data, MODES[_base(mode)], folder / "server.log", pythonpath=src) as server:
+    with rlinks_server(data, MODES[base], folder / "server.log", pythonpath=src) as server:
         yield server
 
 

@@ -17,12 +17,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import numpy as np
 import pytest
 import redis
 
 from rlinks.errors import ConfigError
 from rlinks.hits import Hit
-from rlinks.log.base import HitLog
+from rlinks.log.base import EncodedHits, HitLog
 from rlinks.log.redis import RedisHitLog
 from rlinks.log.sqlite import SqliteHitLog
 from rlinks.store.base import Snapshot, StatsStore, Watermark
@@ -180,6 +182,15 @@ def make_hits(
             ts = BASE_MS + day * MS_PER_DAY + rng.randrange(MS_PER_DAY)
         out.append(Hit(f"{prefix}-{i:08d}", ts, rng.choice(codes), country="US"))
     return out
+
+
+def encoded_group(hits: list[Hit]) -> EncodedHits:
+    """`hits` as the server's hit writer sends a group to its log writer."""
+    return EncodedHits(
+        msgspec.msgpack.encode(hits),
+        [h.code for h in hits],
+        np.array([h.ts_ms for h in hits], np.int64).tobytes(),
+    )
 
 
 def utc_day(ts_ms: int) -> str:

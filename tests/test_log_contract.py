@@ -5,13 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-import msgspec
 import numpy as np
 import pytest
 
 from rlinks.hits import Hit, Quarantined
 from rlinks.log.base import EncodedHits, HitLog, Position, partition_of
-from tests.conftest import BASE_MS, MS_PER_DAY, Backend, hit, make_hits
+from tests.conftest import BASE_MS, MS_PER_DAY, Backend, encoded_group, hit, make_hits
 
 BLOCK = 4096  # hits per SQLite block row; appends larger than this span rows
 
@@ -305,15 +304,6 @@ def test_concurrent_appends_with_overlapping_ids_log_each_id_once(backend: Backe
         assert p.offset == by_id[h.id]
 
 
-def encoded(hits: list[Hit]) -> EncodedHits:
-    """`hits` as the server's hit writer sends a group."""
-    return EncodedHits(
-        msgspec.msgpack.encode(hits),
-        [h.code for h in hits],
-        np.array([h.ts_ms for h in hits], np.int64).tobytes(),
-    )
-
-
 @pytest.mark.parametrize("partitions", [1, 3])
 def test_an_encoded_group_is_logged_as_its_hits_would_be(backend: Backend, partitions: int) -> None:
     """append_encoded logs each hit once, in order, in its code's partition:
@@ -326,7 +316,7 @@ def test_an_encoded_group_is_logged_as_its_hits_would_be(backend: Backend, parti
     ]
     log = backend.log(partitions=partitions)
     for group in (hits[:1], hits[1 : BLOCK + 11], hits[BLOCK + 11 :], []):
-        log.append_encoded(encoded(group))
+        log.append_encoded(encoded_group(group))
     for p in range(partitions):
         mine = [h for h in hits if partition_of(h.code, partitions) == p]
         assert list(log.records(p)) == list(enumerate(mine, start=1))
@@ -358,7 +348,7 @@ def test_an_encoded_group_whose_parts_disagree_logs_nothing(
     refused whole (one partition: the block path; more: the decoding path)."""
     log = backend.log(partitions=partitions)
     with pytest.raises(ValueError, match="encoded group"):
-        log.append_encoded(broken(encoded(make_hits(20))))
+        log.append_encoded(broken(encoded_group(make_hits(20))))
     assert all(log.end(p).offset == 0 for p in range(partitions))
-    log.append_encoded(encoded(make_hits(20)))  # and the next group goes in
+    log.append_encoded(encoded_group(make_hits(20)))  # and the next group goes in
     assert sum(log.end(p).offset for p in range(partitions)) == 20

@@ -8,24 +8,18 @@ import io
 from pathlib import Path
 
 import msgspec
-import numpy as np
 
 from rlinks.backends import Target
 from rlinks.hits import Hit
 from rlinks.log.base import EncodedHits
 from rlinks.log.sqlite import SqliteHitLog
 from rlinks.server.logwriter import FRAME_HEADER, frame, read_frame, serve
-from tests.conftest import make_hits
+from tests.conftest import encoded_group, make_hits
 
 
 def group_frame(hits: list[Hit]) -> bytes:
     """A request frame, as the server's hit writer sends a group."""
-    group = EncodedHits(
-        msgspec.msgpack.encode(hits),
-        [h.code for h in hits],
-        np.array([h.ts_ms for h in hits], np.int64).tobytes(),
-    )
-    return frame(msgspec.msgpack.encode(group))
+    return frame(msgspec.msgpack.encode(encoded_group(hits)))
 
 
 def answers_of(stream: bytes) -> list[str | None]:

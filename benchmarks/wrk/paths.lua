@@ -20,7 +20,7 @@
 -- without LIMIT the script drops its `response` hook, so wrk hands no response
 -- to Lua (span_us is then 0 and the duration gives the rate). Against nginx
 -- that took wrk from 7.8-9.9 to 7.0-8.3 us of CPU per request (3 pairs of
--- runs, 0.8-1.6 us less in each).
+-- runs, 0.8-1.9 us less in each).
 
 local ffi = require("ffi")
 ffi.cdef([[

@@ -174,7 +174,7 @@ class SqliteHitLog:
             self.append(group.hits(), fresh_ids=True)  # split, as `append` does
             return
         with self._interning() as interned, Transaction(self._conn) as c:
-            (end,) = c.execute("SELECT end_offset FROM partitions WHERE partition = 0").fetchone()
+            end = self._end(c, 0)
             code_ids = self._ids_of(c, group.codes, interned)
             newest = int(ts_ms.max())
             last = end + len(group)
@@ -207,9 +207,7 @@ class SqliteHitLog:
     ) -> list[Position]:
         """Write `hits` as blocks at the partition's end; their positions. New
         codes get ids in this transaction and are added to `interned`."""
-        (end,) = c.execute(
-            "SELECT end_offset FROM partitions WHERE partition = ?", (partition,)
-        ).fetchone()
+        end = self._end(c, partition)
         code_ids = self._ids_of(c, [h.code for h in hits], interned)
         ts_ms = [h.ts_ms for h in hits]
         for start in range(0, len(hits), BLOCK_HITS):
@@ -254,6 +252,14 @@ class SqliteHitLog:
             " code_ids, ts_ms, records) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (partition, first, last, max_ts_ms, code_ids.tobytes(), ts_ms.tobytes(), records),
         )
+
+    @staticmethod
+    def _end(c: sqlite3.Connection, partition: int) -> int:
+        """The partition's newest offset ever given out."""
+        (end,) = c.execute(
+            "SELECT end_offset FROM partitions WHERE partition = ?", (partition,)
+        ).fetchone()
+        return int(end)
 
     @staticmethod
     def _advance(c: sqlite3.Connection, partition: int, end: int, max_ts_ms: int) -> None:
