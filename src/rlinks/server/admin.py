@@ -138,11 +138,16 @@ class AdminApi:
             Route.new(code, body.target, rules=body.rules, meta=body.meta, status=body.status),  # type: ignore[arg-type]
             public_hosts=self._app.config.public_hosts,
         )
-        existed = self._app.routes.get(code) is not None
-        route = await self._editing.run(self._edits.put, draft, ACTOR)
+        existed, route = await self._editing.run(self._replace, draft)
         self._app.route_cache.forget(code)
         await send_json(send, 200 if existed else 201, route_to_dict(route))
         return 200 if existed else 201
+
+    def _replace(self, draft: Route) -> tuple[bool, Route]:
+        """Whether `draft.code` had a route, and the route as stored: both on
+        the edit connection, one call after the other (see `__init__`)."""
+        existed = self._edits.get(draft.code) is not None
+        return existed, self._edits.put(draft, ACTOR)
 
     async def _delete(self, scope: Scope, send: Send, code: str) -> int:
         if not await self._editing.run(self._edits.delete, code, ACTOR):
